@@ -1,0 +1,223 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/f47fa0da/tether/broker"
+)
+
+// serveConfig is everything `broker serve` reads from flags, the YAML file
+// and TETHER_* variables. Precedence: flag > environment > file > default.
+type serveConfig struct {
+	broker    broker.Config
+	logLevel  string
+	logFormat string
+	file      string
+}
+
+// serveFlags binds every setting to a flag. The flag name is the setting's
+// name; the YAML key is the name with '_' for '-'; the environment variable
+// is TETHER_ and the name in upper case with '_' for '-'.
+func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
+	b := &c.broker
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.file, "config", "", "YAML config file (keys are setting names with _ for -)")
+	fs.StringVar(&b.DataDir, "data-dir", b.DataDir, "data directory (Badger); one broker per directory")
+	fs.StringVar(&b.MQTTAddr, "mqtt-addr", b.MQTTAddr, "MQTT over TCP listen address (TLS when tls-cert is set)")
+	fs.StringVar(&b.WSAddr, "ws-addr", b.WSAddr, `MQTT over WebSocket listen address ("" disables; wss when tls-cert is set)`)
+	fs.StringVar(&b.HTTPAddr, "http-addr", b.HTTPAddr, `HTTP address for /healthz, /readyz, /metrics ("" disables)`)
+	fs.StringVar(&b.AdminAddr, "admin-addr", b.AdminAddr, "loopback address of the admin endpoint the CLI uses (port 0 picks one)")
+	fs.Var(listValue{&b.WSOrigins}, "ws-origins", `comma-separated browser Origins allowed on the WebSocket ("*" = any; empty = same origin)`)
+	fs.StringVar(&b.TLSCertFile, "tls-cert", b.TLSCertFile, "PEM certificate file for TLS on MQTT/TCP and WebSocket")
+	fs.StringVar(&b.TLSKeyFile, "tls-key", b.TLSKeyFile, "PEM private key file for tls-cert")
+	fs.BoolVar(&b.AllowAnonymous, "allow-anonymous", b.AllowAnonymous, "let clients without credentials use plain topics outside sessions/ and tether/")
+	fs.Int64Var(&b.MaxClients, "max-clients", b.MaxClients, "most clients connected at once")
+	fs.Var(uint32Value{&b.MaxPacketSize}, "max-packet-size", "largest MQTT packet accepted, in bytes")
+	fs.Var(int32Value{&b.MaxWritesPending}, "max-writes-pending", "per-client outbound queue, in packets")
+	fs.IntVar(&b.ReadBufferSize, "read-buffer", b.ReadBufferSize, "per-client read buffer, in bytes")
+	fs.IntVar(&b.WriteBufferSize, "write-buffer", b.WriteBufferSize, "per-client write buffer, in bytes")
+	fs.DurationVar(&b.SessionExpiry, "session-expiry", b.SessionExpiry, "longest a disconnected clean=false MQTT session is kept")
+	fs.DurationVar(&b.ShutdownTimeout, "shutdown-timeout", b.ShutdownTimeout, "how long shutdown waits for in-flight work")
+	fs.DurationVar(&b.GCInterval, "gc-interval", b.GCInterval, "Badger value-log GC period")
+	fs.StringVar(&c.logLevel, "log-level", c.logLevel, "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", c.logFormat, "text or json")
+	return fs
+}
+
+// envName is the environment variable of a setting.
+func envName(flagName string) string {
+	return "TETHER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// loadServeConfig parses args, then fills what they did not set from
+// the environment and then the config file (named by --config or TETHER_CONFIG).
+func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (string, bool)) (*serveConfig, error) {
+	c := &serveConfig{broker: broker.DefaultConfig(), logLevel: "info", logFormat: "text"}
+	fs := serveFlags(c, out)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("serve: unexpected argument %q", fs.Arg(0))
+	}
+	fromFlags := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { fromFlags[f.Name] = true })
+	if !fromFlags["config"] {
+		if v, ok := lookupEnv(envName("config")); ok {
+			c.file = v
+		}
+	}
+	if c.file != "" {
+		if err := applyFile(fs, c.file, fromFlags); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := lookupEnv(envName(f.Name))
+		if err != nil || !ok || fromFlags[f.Name] || f.Name == "config" {
+			return
+		}
+		if serr := f.Value.Set(v); serr != nil {
+			err = fmt.Errorf("environment %s=%q: %v", envName(f.Name), v, serr)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		return nil, err
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return nil, fmt.Errorf("log-format: %q is not text or json", c.logFormat)
+	}
+	return c, c.broker.Validate()
+}
+
+// applyFile sets every key of the YAML file whose flag was not given.
+func applyFile(fs *flag.FlagSet, path string, fromFlags map[string]bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for key, v := range m {
+		name := strings.ReplaceAll(key, "_", "-")
+		f := fs.Lookup(name)
+		if f == nil || name == "config" {
+			return fmt.Errorf("config file %s: unknown setting %q", path, key)
+		}
+		if fromFlags[name] {
+			continue
+		}
+		if err := f.Value.Set(yamlString(v)); err != nil {
+			return fmt.Errorf("config file %s: %s: %v", path, key, err)
+		}
+	}
+	return nil
+}
+
+func yamlString(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case []any:
+		parts := make([]string, len(x))
+		for i, p := range x {
+			parts[i] = fmt.Sprint(p)
+		}
+		return strings.Join(parts, ",")
+	}
+	return fmt.Sprint(v)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log-level: %q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// newLogger builds the process logger on w.
+func (c *serveConfig) newLogger(w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// listValue is a comma-separated list flag; each Set replaces the list.
+type listValue struct{ p *[]string }
+
+func (l listValue) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l listValue) Set(s string) error {
+	*l.p = nil
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l.p = append(*l.p, part)
+		}
+	}
+	return nil
+}
+
+// int32Value and uint32Value are flags for the mochi capabilities' sized integers.
+type int32Value struct{ p *int32 }
+
+func (v int32Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatInt(int64(*v.p), 10)
+}
+
+func (v int32Value) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return errors.New("not a 32-bit integer")
+	}
+	*v.p = int32(n)
+	return nil
+}
+
+type uint32Value struct{ p *uint32 }
+
+func (v uint32Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatUint(uint64(*v.p), 10)
+}
+
+func (v uint32Value) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return errors.New("not a non-negative 32-bit integer")
+	}
+	*v.p = uint32(n)
+	return nil
+}

@@ -1,0 +1,168 @@
+// Package persistence is Tether's one durable store: a Badger v4 database in
+// the data directory that every part of the broker writes through.
+//
+// A commit returned by Update is on disk (fsynced) when Update returns. Badger
+// batches the commits that arrive while one is being written, so concurrent
+// committers share one fsync (group commit) instead of paying one each.
+package persistence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// ErrNotFound is returned by Txn.Get when a key has no value.
+var ErrNotFound = errors.New("persistence: not found")
+
+// ErrLocked is returned by Open when another process holds the data directory.
+var ErrLocked = errors.New("persistence: data directory is in use by another process")
+
+// Config says where and how the store keeps its data.
+type Config struct {
+	// Dir is the data directory; it is created if missing.
+	Dir string
+	// SyncWrites fsyncs every commit before Update returns. Turning it off
+	// breaks "acknowledged means durable" and exists only for benchmarks.
+	SyncWrites bool
+	// GCInterval is how often the value-log garbage collector runs.
+	GCInterval time.Duration
+	// GCDiscardRatio is the share of stale data a value-log file must hold to be rewritten.
+	GCDiscardRatio float64
+	// MemTableSize bounds each in-memory table in bytes.
+	MemTableSize int64
+	// Logger receives Badger's warnings and errors.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the settings used by `broker serve`.
+func DefaultConfig() Config {
+	return Config{
+		Dir:            "data",
+		SyncWrites:     true,
+		GCInterval:     5 * time.Minute,
+		GCDiscardRatio: 0.5,
+		MemTableSize:   16 << 20,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("persistence: data dir must not be empty")
+	case c.GCInterval <= 0:
+		return fmt.Errorf("persistence: gc interval must be positive, got %s", c.GCInterval)
+	case c.GCDiscardRatio <= 0 || c.GCDiscardRatio >= 1:
+		return fmt.Errorf("persistence: gc discard ratio must be in (0,1), got %g", c.GCDiscardRatio)
+	case c.MemTableSize < 1<<20:
+		return fmt.Errorf("persistence: memtable size must be at least 1 MiB, got %d", c.MemTableSize)
+	}
+	return nil
+}
+
+// Store is an open data directory. It is safe for concurrent use.
+type Store struct {
+	db     *badger.DB
+	cfg    Config
+	log    *slog.Logger
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// Open opens (creating if needed) the data directory and starts the
+// value-log GC loop. It returns ErrLocked if another process has it open.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	opts := badger.DefaultOptions(cfg.Dir).
+		WithSyncWrites(cfg.SyncWrites).
+		WithLogger(badgerLogger{log.With("component", "badger")}).
+		WithMemTableSize(cfg.MemTableSize).
+		WithNumVersionsToKeep(1).
+		WithNumCompactors(2).
+		WithCompactL0OnClose(false)
+	db, err := badger.Open(opts)
+	if err != nil {
+		if isLockErr(err) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Dir)
+		}
+		return nil, fmt.Errorf("persistence: open %s: %w", cfg.Dir, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{db: db, cfg: cfg, log: log, cancel: cancel}
+	s.wg.Add(1)
+	go s.gcLoop(ctx)
+	return s, nil
+}
+
+// Close stops the GC loop and closes the database, flushing memtables.
+// Calling it more than once is harmless.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		err = s.db.Close()
+	})
+	return err
+}
+
+// Dir is the data directory the store was opened on.
+func (s *Store) Dir() string { return s.cfg.Dir }
+
+// Update runs fn in a read-write transaction and commits it. When Update
+// returns nil the commit is durable. If fn returns an error nothing is
+// written. A conflict with a concurrent transaction is retried a few times.
+func (s *Store) Update(fn func(Txn) error) error {
+	for attempt := 0; ; attempt++ {
+		err := s.db.Update(func(t *badger.Txn) error { return fn(txn{t}) })
+		if errors.Is(err, badger.ErrConflict) && attempt < 8 {
+			continue
+		}
+		return err
+	}
+}
+
+// View runs fn in a read-only snapshot.
+func (s *Store) View(fn func(Txn) error) error {
+	return s.db.View(func(t *badger.Txn) error { return fn(txn{t}) })
+}
+
+// Sync forces buffered writes to disk; useful after writes made with SyncWrites off.
+func (s *Store) Sync() error { return s.db.Sync() }
+
+func (s *Store) gcLoop(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			// One successful run may leave more files to rewrite; stop at the
+			// first "nothing to do" (or any error) until the next tick.
+			for ctx.Err() == nil && s.db.RunValueLogGC(s.cfg.GCDiscardRatio) == nil {
+			}
+		}
+	}
+}
+
+func isLockErr(err error) bool {
+	// Badger reports a held directory lock only as text.
+	msg := err.Error()
+	return strings.Contains(msg, "Cannot acquire directory lock") || strings.Contains(msg, "resource temporarily unavailable")
+}
