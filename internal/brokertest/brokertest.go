@@ -60,6 +60,7 @@ func ClientOptions(url, user, password string) *paho.ClientOptions {
 		AddBroker(url).
 		SetClientID(fmt.Sprintf("test-%d-%d", os.Getpid(), clientSeq.Add(1))).
 		SetUsername(user).SetPassword(password).
+		SetProtocolVersion(4). // no silent fallback to 3.1 on a refused CONNECT
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetOrderMatters(false).
