@@ -82,7 +82,7 @@ const (
 	secretBytes = 32
 )
 
-var b64 = base64.RawURLEncoding
+var b64 = base64.RawURLEncoding.Strict()
 
 // secretLen is the encoded length of a secret.
 var secretLen = b64.EncodedLen(secretBytes)

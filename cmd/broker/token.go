@@ -78,6 +78,9 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		default:
 			n.ValidUntil = time.Now().Add(365 * 24 * time.Hour)
 		}
+		if err := n.Validate(time.Now()); err != nil {
+			return usagef("token add: %v", err)
+		}
 		var res broker.TokenIssued
 		if err := broker.RunAdmin(ctx, *dir, "token.add", n, &res); err != nil {
 			return err
@@ -96,6 +99,9 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := broker.RunAdmin(ctx, *dir, "token.list", map[string]string{"user": *user}, &toks); err != nil {
 			return err
 		}
+		if toks == nil {
+			toks = []auth.Token{} // an empty JSON list, not null
+		}
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
@@ -112,11 +118,18 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := parse(); err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
+		// Flags may also follow the ID: "revoke ID --data-dir D".
+		id := fs.Arg(0)
+		if fs.NArg() >= 1 {
+			if err := fs.Parse(fs.Args()[1:]); err != nil {
+				return usageError{err.Error()}
+			}
+		}
+		if id == "" || fs.NArg() != 0 {
 			return usagef("token revoke: want exactly one token ID (see broker token list)")
 		}
 		var t auth.Token
-		if err := broker.RunAdmin(ctx, *dir, "token.revoke", map[string]string{"id": fs.Arg(0)}, &t); err != nil {
+		if err := broker.RunAdmin(ctx, *dir, "token.revoke", map[string]string{"id": id}, &t); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "revoked token %s of user %s\n", t.ID, t.User)

@@ -1,0 +1,234 @@
+// Package broker is Tether's composition root: it embeds mochi-mqtt, opens
+// the store, wires the parts (auth, and the session parts as they arrive)
+// into mochi hooks, and serves the MQTT, WebSocket, HTTP and admin
+// listeners. Applications embed it through Open and the methods of Broker.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/persistence"
+)
+
+// Broker is a running Tether broker.
+type Broker struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *persistence.Store
+	tokens  *auth.Tokens
+	admin   *Admin
+	srv     *mqtt.Server
+	metrics *metrics
+
+	mqttLn, wsLn, httpLn, adminLn net.Listener
+	httpSrv, adminSrv             *http.Server
+
+	ready     atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Addrs are the addresses the broker listens on; empty when disabled.
+type Addrs struct {
+	MQTT, WS, HTTP, Admin string
+}
+
+// Open validates cfg, opens the data directory, binds every listener and
+// starts serving. The broker is ready when Open returns.
+func Open(cfg Config) (_ *Broker, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("broker: config: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Broker{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			b.closeListeners()
+			if b.store != nil {
+				_ = b.store.Close()
+			}
+		}
+	}()
+
+	pcfg := persistence.DefaultConfig()
+	pcfg.Dir, pcfg.GCInterval, pcfg.Logger = cfg.DataDir, cfg.GCInterval, log
+	if b.store, err = persistence.Open(pcfg); err != nil {
+		return nil, err
+	}
+	b.tokens = auth.NewTokens(b.store)
+	b.admin = &Admin{Tokens: b.tokens}
+
+	if err := b.listen(); err != nil {
+		return nil, err
+	}
+	b.srv = mqtt.New(b.mqttOptions())
+	b.metrics = newMetrics(b.srv)
+	hooks := []mqtt.Hook{
+		&access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv},
+		&mqttState{store: b.store, log: log.With("component", "mqtt-state")},
+	}
+	for _, h := range hooks {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: hook %s: %w", h.ID(), err)
+		}
+	}
+	if err := b.srv.AddListener(listeners.NewNet("mqtt", b.mqttLn)); err != nil {
+		return nil, err
+	}
+	if b.wsLn != nil {
+		origins := originPolicy{allowed: cfg.WSOrigins, samePort: []string{port(b.wsLn)}}
+		if b.httpLn != nil {
+			origins.samePort = append(origins.samePort, port(b.httpLn))
+		}
+		if err := b.srv.AddListener(newWSListener("ws", b.wsLn, origins, log.With("component", "websocket"))); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.srv.Serve(); err != nil {
+		return nil, fmt.Errorf("broker: serve: %w", err)
+	}
+	b.serveHTTP()
+	if err := b.serveAdmin(); err != nil {
+		_ = b.srv.Close()
+		return nil, err
+	}
+	b.ready.Store(true)
+	log.Info("tether started", "data_dir", cfg.DataDir, "mqtt", b.mqttLn.Addr().String(),
+		"ws", addrOf(b.wsLn), "http", addrOf(b.httpLn), "tls", cfg.TLSCertFile != "")
+	return b, nil
+}
+
+func (b *Broker) mqttOptions() *mqtt.Options {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClients = b.cfg.MaxClients
+	caps.MaximumPacketSize = b.cfg.MaxPacketSize
+	caps.MaximumClientWritesPending = b.cfg.MaxWritesPending
+	caps.MaximumSessionExpiryInterval = uint32(b.cfg.SessionExpiry / time.Second)
+	// Retained presence must not vanish after mochi's default 24 h.
+	caps.MaximumMessageExpiryInterval = 0
+	// Strict MQTT 5 clients reject acks that copy the PUBLISH's properties.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	return &mqtt.Options{
+		Capabilities:             caps,
+		ClientNetReadBufferSize:  b.cfg.ReadBufferSize,
+		ClientNetWriteBufferSize: b.cfg.WriteBufferSize,
+		Logger:                   b.log.With("component", "mqtt"),
+		InlineClient:             true,
+	}
+}
+
+// listen binds every configured address, so that Addrs is known (port 0
+// picks a free port) before anything is served.
+func (b *Broker) listen() error {
+	var tlsCfg *tls.Config
+	if b.cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(b.cfg.TLSCertFile, b.cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("broker: tls-cert/tls-key: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	bind := func(name, addr string, secure bool) (net.Listener, error) {
+		if addr == "" {
+			return nil, nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("broker: %s: %w", name, err)
+		}
+		if secure && tlsCfg != nil {
+			ln = tls.NewListener(ln, tlsCfg)
+		}
+		return ln, nil
+	}
+	var err error
+	if b.mqttLn, err = bind("mqtt-addr", b.cfg.MQTTAddr, true); err != nil {
+		return err
+	}
+	if b.wsLn, err = bind("ws-addr", b.cfg.WSAddr, true); err != nil {
+		return err
+	}
+	if b.httpLn, err = bind("http-addr", b.cfg.HTTPAddr, false); err != nil {
+		return err
+	}
+	b.adminLn, err = bind("admin-addr", b.cfg.AdminAddr, false)
+	return err
+}
+
+func (b *Broker) closeListeners() {
+	for _, ln := range []net.Listener{b.mqttLn, b.wsLn, b.httpLn, b.adminLn} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+// Addrs returns the bound addresses.
+func (b *Broker) Addrs() Addrs {
+	return Addrs{MQTT: addrOf(b.mqttLn), WS: addrOf(b.wsLn), HTTP: addrOf(b.httpLn), Admin: addrOf(b.adminLn)}
+}
+
+// Tokens is the broker's token registry.
+func (b *Broker) Tokens() *auth.Tokens { return b.tokens }
+
+// Admin is the broker's operator API, the one the CLI reaches over the admin listener.
+func (b *Broker) Admin() *Admin { return b.admin }
+
+// Close shuts down gracefully: readiness turns false, listeners stop
+// accepting, clients are disconnected, hooks finish the commits they are
+// in, and the store is closed. A second call returns the first's result.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.ready.Store(false)
+		b.log.Info("tether stopping")
+		ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+		defer cancel()
+		if b.adminSrv != nil {
+			_ = b.adminSrv.Shutdown(ctx)
+		}
+		_ = b.srv.Close()
+		// Each client's goroutine runs its hooks (and their commits) to the
+		// end before it is counted done.
+		done := make(chan struct{})
+		go func() { b.srv.Listeners.ClientsWg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			b.log.Warn("shutdown timeout: closing the store with clients still finishing")
+		}
+		if b.httpSrv != nil {
+			_ = b.httpSrv.Shutdown(ctx)
+		}
+		removeAdminFile(b.cfg.DataDir)
+		b.closeErr = b.store.Close()
+		b.log.Info("tether stopped")
+	})
+	return b.closeErr
+}
+
+func addrOf(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+func port(ln net.Listener) string {
+	_, p, _ := net.SplitHostPort(ln.Addr().String())
+	return p
+}

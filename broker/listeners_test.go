@@ -1,0 +1,136 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/internal/brokertest"
+)
+
+func TestWebSocketPubSub(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "ws://" + b.Addrs().WS + "/mqtt"
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	sub := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", token))
+	got := brokertest.NewMessages(4)
+	require.NoError(t, brokertest.Wait(sub.Subscribe("sessions/alice/web/#", 1, got.Handler)))
+	// One side over TCP, the other over WebSocket: the same broker, the same ACL.
+	pub := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token))
+	require.NoError(t, brokertest.Wait(pub.Publish("sessions/alice/web/req", 1, false, "over tcp")))
+	require.Equal(t, "over tcp", string(got.Next(t, 2*time.Second).Payload()))
+
+	_, err := brokertest.Connect(t, brokertest.ClientOptions(url, "alice", "bad"))
+	require.Error(t, err)
+}
+
+func TestWebSocketOrigin(t *testing.T) {
+	dial := func(t *testing.T, addr, origin string) int {
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
+		c, resp, err := d.Dial("ws://"+addr+"/mqtt", h)
+		if err == nil {
+			c.Close()
+		}
+		require.NotNil(t, resp, "dial error: %v", err)
+		return resp.StatusCode
+	}
+	t.Run("default same origin", func(t *testing.T) {
+		b := brokertest.Start(t, brokertest.Config(t))
+		ws, httpAddr := b.Addrs().WS, b.Addrs().HTTP
+		require.Equal(t, http.StatusSwitchingProtocols, dial(t, ws, ""), "non-browser clients send no Origin")
+		require.Equal(t, http.StatusSwitchingProtocols, dial(t, ws, "http://"+httpAddr), "the demo page's own origin")
+		require.Equal(t, http.StatusForbidden, dial(t, ws, "http://evil.example"))
+		require.Equal(t, http.StatusForbidden, dial(t, ws, "http://127.0.0.1:1"), "same host, other port")
+	})
+	t.Run("allow list", func(t *testing.T) {
+		cfg := brokertest.Config(t)
+		cfg.WSOrigins = []string{"https://app.example.com"}
+		b := brokertest.Start(t, cfg)
+		require.Equal(t, http.StatusSwitchingProtocols, dial(t, b.Addrs().WS, "https://app.example.com"))
+		require.Equal(t, http.StatusForbidden, dial(t, b.Addrs().WS, "http://"+b.Addrs().HTTP))
+	})
+}
+
+// TestMosquittoClients drives the broker with Debian's mosquitto_pub and
+// mosquitto_sub (installed by `make test`), over MQTT 3.1.1 and 5.
+func TestMosquittoClients(t *testing.T) {
+	for _, bin := range []string{"mosquitto_pub", "mosquitto_sub"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s not installed: run `make deps` (the test command installs it)", bin)
+		}
+	}
+	b := brokertest.Start(t, brokertest.Config(t))
+	host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	base := []string{"-h", host, "-p", port, "-u", "alice", "-P", token}
+
+	for _, v := range []string{"311", "5"} {
+		t.Run("v"+v, func(t *testing.T) {
+			topic := "sessions/alice/kitchen/v" + v
+			sub := exec.CommandContext(ctx, "mosquitto_sub", append(base, "-V", v, "-t", "sessions/alice/kitchen/#", "-C", "1", "-W", "10")...)
+			var out bytes.Buffer
+			sub.Stdout = &out
+			require.NoError(t, sub.Start())
+			// Publish until the subscriber has subscribed and got one.
+			done := make(chan error, 1)
+			go func() { done <- sub.Wait() }()
+			for i := 0; ; i++ {
+				pub := exec.CommandContext(ctx, "mosquitto_pub", append(base, "-V", v, "-q", "1", "-t", topic, "-m", "hello")...)
+				require.NoError(t, pub.Run())
+				select {
+				case err := <-done:
+					require.NoError(t, err)
+					require.Equal(t, "hello\n", out.String())
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				require.Less(t, i, 40, "mosquitto_sub received nothing")
+			}
+		})
+	}
+
+	t.Run("cross-user subscribe refused", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, "mosquitto_sub", append(base, "-t", "sessions/bob/#", "-C", "1", "-W", "3")...).CombinedOutput()
+		require.Contains(t, string(out), "denied", "err=%v", err)
+	})
+	t.Run("v5 publish refused with reason", func(t *testing.T) {
+		out, _ := exec.CommandContext(ctx, "mosquitto_pub", append(base, "-V", "5", "-q", "1", "-t", "sessions/bob/x/req", "-m", "x")...).CombinedOutput()
+		require.Contains(t, strings.ToLower(string(out)), "not authorized")
+	})
+	t.Run("bad token refused", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, "mosquitto_pub", "-h", host, "-p", port, "-u", "alice", "-P", "nope", "-t", "sessions/alice/x/req", "-m", "x").CombinedOutput()
+		require.Error(t, err)
+		require.Contains(t, strings.ToLower(string(out)), "not authori")
+	})
+}
+
+func TestHealthAndShutdown(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	httpAddr := b.Addrs().HTTP
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get("http://" + httpAddr + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+	}
+	c := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice)))
+	require.NoError(t, b.Close())
+	brokertest.WaitFor(t, 5*time.Second, "client disconnected", func() bool { return !c.IsConnectionOpen() })
+	require.NoError(t, b.Close(), "a second Close is harmless")
+	_, err := http.Get("http://" + httpAddr + "/healthz")
+	require.Error(t, err, "the HTTP listener is closed")
+}

@@ -1,0 +1,58 @@
+package broker
+
+import (
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the broker's Prometheus series, on a registry of its own so
+// that several brokers can live in one process (tests do).
+type metrics struct {
+	reg        *prometheus.Registry
+	authOK     *prometheus.CounterVec
+	authFailed *prometheus.CounterVec
+	aclDenied  *prometheus.CounterVec
+}
+
+func newMetrics(srv *mqtt.Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		authOK: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_auth_success_total", Help: "Connections authenticated, by role.",
+		}, []string{"role"}),
+		authFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_auth_failures_total",
+			Help: "Authentication failures by reason; live_* reasons cut an already connected client.",
+		}, []string{"reason"}),
+		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_acl_denied_total", Help: "Packets refused by the ACL, by action.",
+		}, []string{"action"}),
+	}
+	info := srv.Info
+	gauge := func(name, help string, v *int64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help},
+			func() float64 { return float64(atomic.LoadInt64(v)) })
+	}
+	counter := func(name, help string, v *int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(atomic.LoadInt64(v)) })
+	}
+	m.reg.MustRegister(
+		m.authOK, m.authFailed, m.aclDenied,
+		gauge("tether_connections", "Clients connected now.", &info.ClientsConnected),
+		gauge("tether_mqtt_sessions", "MQTT client sessions held, connected or not.", &info.ClientsTotal),
+		gauge("tether_subscriptions", "MQTT subscriptions held.", &info.Subscriptions),
+		gauge("tether_retained_messages", "Retained messages held.", &info.Retained),
+		counter("tether_messages_received_total", "PUBLISH packets received.", &info.MessagesReceived),
+		counter("tether_messages_sent_total", "PUBLISH packets sent.", &info.MessagesSent),
+		counter("tether_messages_dropped_total", "Messages dropped because a client's write queue was full.", &info.MessagesDropped),
+		counter("tether_bytes_received_total", "Bytes received from clients.", &info.BytesReceived),
+		counter("tether_bytes_sent_total", "Bytes sent to clients.", &info.BytesSent),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
