@@ -18,6 +18,7 @@ import (
 
 	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/sessions"
 )
 
 // Admin is the operator API: the commands behind `broker token`, `broker
@@ -25,13 +26,24 @@ import (
 // and a JSON result, so it runs the same in process and over the admin
 // listener.
 type Admin struct {
-	Tokens *auth.Tokens
+	Tokens   *auth.Tokens
+	Sessions *sessions.Registry
 }
 
 // newAdmin builds the operator API over a store no broker is serving.
-func newAdmin(store *persistence.Store) *Admin {
-	return &Admin{Tokens: auth.NewTokens(store)}
+// Nothing is published: no client is connected to it.
+func newAdmin(store *persistence.Store) (*Admin, error) {
+	reg, err := sessions.New(sessions.DefaultConfig(), store, silentOutbox{})
+	if err != nil {
+		return nil, err
+	}
+	return &Admin{Tokens: auth.NewTokens(store), Sessions: reg}, nil
 }
+
+type silentOutbox struct{}
+
+func (silentOutbox) Tick(string, string, sessions.Tick)         {}
+func (silentOutbox) Presence(string, string, sessions.Presence) {}
 
 // ErrUnknownOp is returned for an op the admin API does not have.
 var ErrUnknownOp = errors.New("broker: unknown admin op")
@@ -54,6 +66,31 @@ var adminOps = map[string]adminOp{
 			return nil, err
 		}
 		return a.Tokens.List(q.User)
+	},
+	"sessions.list": func(a *Admin, args json.RawMessage) (any, error) {
+		var q struct{ User string }
+		if err := decodeArgs(args, &q); err != nil {
+			return nil, err
+		}
+		return a.Sessions.List(q.User)
+	},
+	"sessions.show": func(a *Admin, args json.RawMessage) (any, error) {
+		var q struct{ User, Session string }
+		if err := decodeArgs(args, &q); err != nil {
+			return nil, err
+		}
+		return a.Sessions.Get(q.User, q.Session)
+	},
+	"sessions.log": func(a *Admin, args json.RawMessage) (any, error) {
+		var q struct {
+			User, Session string
+			After         uint64
+			Limit         int
+		}
+		if err := decodeArgs(args, &q); err != nil {
+			return nil, err
+		}
+		return a.Sessions.Log(q.User, q.Session, q.After, q.Limit)
 	},
 	"token.revoke": func(a *Admin, args json.RawMessage) (any, error) {
 		var q struct{ ID string }
@@ -178,7 +215,11 @@ func RunAdmin(ctx context.Context, dir, op string, args, out any) error {
 	store, err := openForAdmin(dir)
 	switch {
 	case err == nil:
-		res, err = newAdmin(store).Call(op, body)
+		var a *Admin
+		if a, err = newAdmin(store); err == nil {
+			res, err = a.Call(op, body)
+			a.Sessions.Close()
+		}
 		if cerr := store.Close(); err == nil {
 			err = cerr
 		}

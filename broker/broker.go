@@ -20,17 +20,19 @@ import (
 
 	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/sessions"
 )
 
 // Broker is a running Tether broker.
 type Broker struct {
-	cfg     Config
-	log     *slog.Logger
-	store   *persistence.Store
-	tokens  *auth.Tokens
-	admin   *Admin
-	srv     *mqtt.Server
-	metrics *metrics
+	cfg      Config
+	log      *slog.Logger
+	store    *persistence.Store
+	tokens   *auth.Tokens
+	registry *sessions.Registry
+	admin    *Admin
+	srv      *mqtt.Server
+	metrics  *metrics
 
 	mqttLn, wsLn, httpLn, adminLn net.Listener
 	httpSrv, adminSrv             *http.Server
@@ -59,6 +61,9 @@ func Open(cfg Config) (_ *Broker, err error) {
 	defer func() {
 		if err != nil {
 			b.closeListeners()
+			if b.registry != nil {
+				b.registry.Close()
+			}
 			if b.store != nil {
 				_ = b.store.Close()
 			}
@@ -71,15 +76,23 @@ func Open(cfg Config) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.tokens = auth.NewTokens(b.store)
-	b.admin = &Admin{Tokens: b.tokens}
 
 	if err := b.listen(); err != nil {
 		return nil, err
 	}
 	b.srv = mqtt.New(b.mqttOptions())
 	b.metrics = newMetrics(b.srv)
+	out := newOutbox(b.srv, log.With("component", "outbox"))
+	scfg := cfg.Sessions
+	scfg.Logger = log.With("component", "sessions")
+	if b.registry, err = sessions.New(scfg, b.store, out); err != nil {
+		return nil, err
+	}
+	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry}
+	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv}
 	hooks := []mqtt.Hook{
-		&access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv},
+		acc, // first: every later hook sees only permitted packets
+		&sessionHook{access: acc, registry: b.registry, out: out, log: log.With("component", "sessions")},
 		&mqttState{store: b.store, log: log.With("component", "mqtt-state")},
 	}
 	for _, h := range hooks {
@@ -186,6 +199,10 @@ func (b *Broker) Addrs() Addrs {
 // Tokens is the broker's token registry.
 func (b *Broker) Tokens() *auth.Tokens { return b.tokens }
 
+// Sessions is the broker's session registry: the Go API for applications
+// (policies, phases, inspection).
+func (b *Broker) Sessions() *sessions.Registry { return b.registry }
+
 // Admin is the broker's operator API, the one the CLI reaches over the admin listener.
 func (b *Broker) Admin() *Admin { return b.admin }
 
@@ -211,6 +228,7 @@ func (b *Broker) Close() error {
 		case <-ctx.Done():
 			b.log.Warn("shutdown timeout: closing the store with clients still finishing")
 		}
+		b.registry.Close()
 		if b.httpSrv != nil {
 			_ = b.httpSrv.Shutdown(ctx)
 		}

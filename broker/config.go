@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/url"
 	"time"
+
+	"github.com/f47fa0da/tether/sessions"
 )
 
 // Config is everything the broker needs to run. Fill it from DefaultConfig
@@ -40,6 +42,9 @@ type Config struct {
 	ShutdownTimeout time.Duration // how long Close waits for in-flight work
 	GCInterval      time.Duration // Badger value-log GC period
 
+	// Sessions tunes the session registry (ticks, sweep, journal, policies).
+	Sessions sessions.Config
+
 	// Logger receives the broker's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -60,6 +65,7 @@ func DefaultConfig() Config {
 		SessionExpiry:    7 * 24 * time.Hour,
 		ShutdownTimeout:  10 * time.Second,
 		GCInterval:       5 * time.Minute,
+		Sessions:         sessions.DefaultConfig(),
 	}
 }
 
@@ -112,5 +118,5 @@ func (c Config) Validate() error {
 	case c.GCInterval <= 0:
 		return fmt.Errorf("gc-interval: must be positive, got %s", c.GCInterval)
 	}
-	return nil
+	return c.Sessions.Validate()
 }

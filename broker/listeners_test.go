@@ -25,7 +25,7 @@ func TestWebSocketPubSub(t *testing.T) {
 	require.NoError(t, brokertest.Wait(sub.Subscribe("sessions/alice/web/#", 1, got.Handler)))
 	// One side over TCP, the other over WebSocket: the same broker, the same ACL.
 	pub := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token))
-	require.NoError(t, brokertest.Wait(pub.Publish("sessions/alice/web/req", 1, false, "over tcp")))
+	require.NoError(t, brokertest.Wait(pub.Publish("sessions/alice/web/data", 1, false, "over tcp")))
 	require.Equal(t, "over tcp", string(got.Next(t, 2*time.Second).Payload()))
 
 	_, err := brokertest.Connect(t, brokertest.ClientOptions(url, "alice", "bad"))

@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/wire"
 )
 
 // mqttState keeps the plain-MQTT state that must outlive a restart in the
@@ -165,6 +166,9 @@ func (h *mqttState) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *mqttState) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	if _, _, leaf, ok := wire.ParseSessionTopic(pk.TopicName); ok && leaf == wire.LeafPresence {
+		return // presence is rebuilt from the sessions when first touched, not stored here
+	}
 	key := join(mqttRetainedKeys, pk.TopicName)
 	if r == -1 { // an empty retained payload clears the topic
 		h.update("clear retained", func(tx persistence.Txn) error { return tx.Delete(key) })

@@ -57,7 +57,7 @@ func TestTLS(t *testing.T) {
 			c := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", token).SetTLSConfig(tlsCfg))
 			got := brokertest.NewMessages(1)
 			require.NoError(t, brokertest.Wait(c.Subscribe("sessions/alice/tls/#", 1, got.Handler)))
-			require.NoError(t, brokertest.Wait(c.Publish("sessions/alice/tls/req", 1, false, "secret")))
+			require.NoError(t, brokertest.Wait(c.Publish("sessions/alice/tls/data", 1, false, "secret")))
 			require.Equal(t, "secret", string(got.Next(t, 2*time.Second).Payload()))
 		})
 	}

@@ -1,0 +1,219 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/wire"
+)
+
+// sessionHook connects MQTT to the session registry: it answers requests on
+// sessions/U/S/req, turns wills and disconnects into liveness, and restores
+// retained presence lazily when someone subscribes to it.
+type sessionHook struct {
+	mqtt.HookBase
+	access   *access
+	registry *sessions.Registry
+	out      *outbox
+	log      *slog.Logger
+
+	nextConn atomic.Uint64
+	conns    sync.Map // *mqtt.Client -> sessions.Conn
+}
+
+func (h *sessionHook) ID() string { return "tether-sessions" }
+
+func (h *sessionHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnSessionEstablished, mqtt.OnPublish, mqtt.OnWill, mqtt.OnDisconnect, mqtt.OnSubscribed,
+	}, []byte{b})
+}
+
+// conn returns the broker-wide id of cl's connection (0 if it has none).
+func (h *sessionHook) conn(cl *mqtt.Client) sessions.Conn {
+	if c, ok := h.conns.Load(cl); ok {
+		return c.(sessions.Conn)
+	}
+	return 0
+}
+
+func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.conns.Store(cl, sessions.Conn(h.nextConn.Add(1)))
+}
+
+func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if c := h.conn(cl); c != 0 {
+		h.registry.Disconnected(c)
+		h.conns.Delete(cl)
+	}
+}
+
+// OnPublish handles requests. The access hook ran first, so the publisher
+// owns the topic. Requests are answered, then acknowledged (the PUBACK
+// follows this hook, after every commit the request made), and never
+// forwarded to subscribers.
+func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	user, name, leaf, ok := wire.ParseSessionTopic(pk.TopicName)
+	if !ok {
+		return pk, nil
+	}
+	switch leaf {
+	case wire.LeafReq:
+		res := h.handle(cl, user, name, pk.Payload)
+		h.out.reply(user, name, pk, res)
+		return pk, packets.CodeSuccessIgnore
+	case wire.LeafPresence:
+		// Presence is broker-owned; a device speaks to it only through its will.
+		return pk, deny(cl, pk, packets.ErrNotAuthorized)
+	}
+	return pk, nil
+}
+
+// handle runs one request and builds its reply.
+func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte) wire.Response {
+	req, werr := wire.DecodeRequest(payload)
+	if werr != nil {
+		return wire.Response{ID: req.ID, Error: werr}
+	}
+	conn := h.conn(cl)
+	var (
+		ok  any
+		err error
+	)
+	switch req.Op {
+	case wire.OpBegin:
+		ok, err = h.registry.Begin(user, name, conn)
+	case wire.OpPing:
+		ok, err = h.registry.Ping(user, name, conn, req.Nonce, req.Cursor)
+	case wire.OpRemember:
+		err = h.registry.Remember(user, name, conn, req.Nonce, req.Memento, req.Phase)
+		ok = struct{}{}
+	case wire.OpEnd:
+		err = h.registry.End(user, name, conn, req.Nonce)
+		ok = struct{}{}
+	default:
+		err = errNotYet
+	}
+	if err != nil {
+		return wire.Response{ID: req.ID, Error: h.wireError(err, user, name, req.Op)}
+	}
+	return wire.Response{ID: req.ID, OK: ok}
+}
+
+var errNotYet = errors.New("broker: op not supported by this broker")
+
+// wireError maps an error from the parts to the closed set of wire codes;
+// this is the one place that mapping lives.
+func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we):
+		return we
+	case errors.Is(err, sessions.ErrStaleNonce):
+		return wire.Errorf(wire.CodeStaleNonce, "nonce is not the current instance's: another instance took over or the session ended; begin again")
+	case errors.Is(err, sessions.ErrBusy):
+		return wire.Errorf(wire.CodeSessionBusy, "session %s/%s is live on another connection (exclusive policy)", user, name)
+	case errors.Is(err, sessions.ErrExpired):
+		return wire.Errorf(wire.CodeSessionExpired, "session %s/%s is past its deadline", user, name)
+	case errors.Is(err, sessions.ErrTooLarge):
+		return wire.Errorf(wire.CodeTooLarge, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
+	case errors.Is(err, sessions.ErrInvalid):
+		return wire.Errorf(wire.CodeBadRequest, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
+	case errors.Is(err, errNotYet):
+		return wire.Errorf(wire.CodeBadRequest, "op %s is not supported by this broker", op)
+	}
+	h.log.Error("request failed", "session", user+"/"+name, "op", op, "error", err)
+	return wire.Errorf(wire.CodeInternal, "the broker failed; nothing was committed")
+}
+
+// willPayload is what the Go and JS clients put in their last will.
+type willPayload struct {
+	Conn string `json:"conn"`
+}
+
+// voidTopic is where wills the broker has consumed are sent: no client may
+// subscribe to $-topics, so nobody receives them.
+const voidTopic = "$tether/void"
+
+// OnWill consumes wills on a session's presence topic: the broker turns
+// them into liveness and publishes presence itself. Wills on topics the
+// client may not publish to are dropped too (mochi does not check them).
+func (h *sessionHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	p, ok := h.access.principal(cl)
+	if !ok || !p.Allowed(will.TopicName, true) {
+		return voidWill(will), nil
+	}
+	user, name, leaf, ok := wire.ParseSessionTopic(will.TopicName)
+	if !ok || leaf != wire.LeafPresence {
+		return will, nil
+	}
+	var wp willPayload
+	_ = json.Unmarshal(will.Payload, &wp) // the payload is informative; the connection is what counts
+	h.registry.Will(user, name, h.conn(cl), wp.Conn)
+	return voidWill(will), nil
+}
+
+func voidWill(w mqtt.Will) mqtt.Will {
+	w.TopicName, w.Retain, w.Qos, w.Payload = voidTopic, false, 0, nil
+	return w
+}
+
+// OnSubscribed restores the retained presence of the subscriber's stored
+// sessions that its new filters cover, loading them (presence is not kept
+// across restarts: start-up must not scan sessions).
+func (h *sessionHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	p, ok := h.access.principal(cl)
+	if !ok || p.Anonymous {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		levels := strings.SplitN(f.Filter, "/", 4)
+		if len(levels) >= 3 && wire.ValidName(levels[2]) {
+			if topicMatches(f.Filter, wire.SessionTopic(p.User, levels[2], wire.LeafPresence)) {
+				h.registry.Touch(p.User, levels[2])
+			}
+			continue
+		}
+		names, err := h.registry.Names(p.User)
+		if err != nil {
+			h.log.Error("list sessions for presence", "user", p.User, "error", err)
+			continue
+		}
+		for _, name := range names {
+			if topicMatches(f.Filter, wire.SessionTopic(p.User, name, wire.LeafPresence)) {
+				h.registry.Touch(p.User, name)
+			}
+		}
+	}
+}
+
+// topicMatches reports whether an MQTT filter matches a topic.
+func topicMatches(filter, topic string) bool {
+	fs, ts := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, f := range fs {
+		switch {
+		case f == "#":
+			return true
+		case i >= len(ts):
+			return false
+		case f != "+" && f != ts[i]:
+			return false
+		}
+	}
+	return len(fs) == len(ts)
+}

@@ -1,0 +1,213 @@
+package sessions
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Begin starts a new instance of user/name for the device on conn: a fresh
+// nonce becomes current. It returns the last memento and phase, and
+// whether the previous instance ended without `end` (crashed). Under the
+// exclusive policy it fails with ErrBusy while another connection's
+// instance is live; after the deadline it fails with ErrExpired.
+func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
+	var res BeginResult
+	err := r.with(user, name, func(e *entry) error {
+		now := r.now()
+		if err := r.expireIfDue(e, now); err != nil {
+			return err
+		}
+		pol := policyFor(&e.s, r.cfg.Rules, r.cfg.DefaultPolicy)
+		if pol.Mode == Exclusive && e.s.live() && e.conn != 0 && e.conn != conn {
+			_ = r.commit(e, e.s, nil, Event{Kind: "busy", Detail: map[string]any{"conn": conn, "holder": e.conn}})
+			return ErrBusy
+		}
+		nonce, err := newNonce()
+		if err != nil {
+			return err
+		}
+		ns := e.s
+		crashed := ns.Nonce != ""
+		wasOnline := ns.State == StateActive
+		ns.Nonce, ns.State, ns.LastSeen, ns.Since = nonce, StateActive, now, now
+		ns.Instances++
+		if ns.FirstBegin.IsZero() {
+			ns.FirstBegin = now
+			if pol.Window > 0 {
+				ns.Deadline = now.Add(pol.Window)
+			}
+		}
+		events := []Event{{Kind: "begin", Detail: map[string]any{
+			"nonce": short(nonce), "crashed": crashed, "conn": conn, "instance": ns.Instances, "policy": string(pol.Mode)}}}
+		if !wasOnline {
+			events = append(events, Event{Kind: "presence", Detail: map[string]any{"state": "online", "reason": "begin", "conn": conn}})
+		}
+		if err := r.commit(e, ns, nil, events...); err != nil {
+			return err
+		}
+		r.attach(e, conn)
+		r.out.Presence(user, name, Presence{State: "online", Since: now.UnixMilli()})
+		r.startTimers(e)
+		res = BeginResult{Nonce: nonce, Memento: e.s.Memento, Crashed: crashed, State: e.s.State, Phase: e.s.Phase,
+			RemainingMs: e.s.tick(now).RemainingMs}
+		if res.Memento == nil {
+			res.Memento = json.RawMessage("null")
+		}
+		return nil
+	})
+	return res, err
+}
+
+// Ping refreshes the liveness of the current instance, re-attaches it to
+// conn if the device came back on a new connection, journals cursor (what
+// the user is looking at) when given, and returns a tick.
+func (r *Registry) Ping(user, name string, conn Conn, nonce string, cursor json.RawMessage) (Tick, error) {
+	var t Tick
+	if len(cursor) > r.cfg.MaxCursor {
+		return t, fmt.Errorf("%w: cursor is %d bytes, limit %d", ErrTooLarge, len(cursor), r.cfg.MaxCursor)
+	}
+	err := r.with(user, name, func(e *entry) error {
+		now := r.now()
+		if err := r.current(e, nonce, now); err != nil {
+			return err
+		}
+		if err := r.reattach(e, conn, now); err != nil {
+			return err
+		}
+		e.s.LastSeen = now
+		if len(cursor) > 0 && string(cursor) != "null" {
+			if err := r.commit(e, e.s, nil, Event{Kind: "ping", Detail: map[string]any{"cursor": json.RawMessage(cursor)}}); err != nil {
+				return err
+			}
+		}
+		t = e.s.tick(now)
+		return nil
+	})
+	return t, err
+}
+
+// Remember stores memento (and phase, when not nil) under the current
+// nonce only.
+func (r *Registry) Remember(user, name string, conn Conn, nonce string, memento json.RawMessage, phase *string) error {
+	if len(memento) > r.cfg.MaxMemento {
+		return fmt.Errorf("%w: memento is %d bytes, limit %d", ErrTooLarge, len(memento), r.cfg.MaxMemento)
+	}
+	if phase != nil && len(*phase) > r.cfg.MaxPhase {
+		return fmt.Errorf("%w: phase is %d bytes, limit %d", ErrTooLarge, len(*phase), r.cfg.MaxPhase)
+	}
+	return r.with(user, name, func(e *entry) error {
+		now := r.now()
+		if err := r.current(e, nonce, now); err != nil {
+			return err
+		}
+		if err := r.reattach(e, conn, now); err != nil {
+			return err
+		}
+		ns := e.s
+		ns.Memento, ns.LastSeen = memento, now
+		detail := map[string]any{"memento": json.RawMessage(memento)}
+		if phase != nil {
+			ns.Phase = *phase
+			detail["phase"] = *phase
+		}
+		return r.commit(e, ns, nil, Event{Kind: "remember", Detail: detail})
+	})
+}
+
+// End closes the current instance cleanly: nonce and memento are cleared.
+// Ending a session that has no current instance is harmless.
+func (r *Registry) End(user, name string, conn Conn, nonce string) error {
+	return r.with(user, name, func(e *entry) error {
+		if e.s.Nonce == "" {
+			return nil
+		}
+		if nonce != e.s.Nonce {
+			return ErrStaleNonce
+		}
+		now := r.now()
+		ns := e.s
+		ns.Nonce, ns.Memento, ns.LastSeen, ns.Since = "", nil, now, now
+		if ns.State != StateExpired {
+			ns.State = StateEnded
+		}
+		if err := r.commit(e, ns, nil,
+			Event{Kind: "end", Detail: map[string]any{"nonce": short(nonce), "conn": conn}},
+			Event{Kind: "presence", Detail: map[string]any{"state": "offline", "reason": "end"}}); err != nil {
+			return err
+		}
+		r.unattach(e)
+		e.stopTimers()
+		r.out.Presence(e.s.User, e.s.Name, Presence{State: "offline", Since: now.UnixMilli()})
+		return nil
+	})
+}
+
+// SetPhase sets the application phase of user/name (the Go API's way; a
+// device sets it with remember).
+func (r *Registry) SetPhase(user, name, phase string) error {
+	if len(phase) > r.cfg.MaxPhase {
+		return fmt.Errorf("%w: phase is %d bytes, limit %d", ErrTooLarge, len(phase), r.cfg.MaxPhase)
+	}
+	return r.with(user, name, func(e *entry) error {
+		ns := e.s
+		ns.Phase = phase
+		return r.commit(e, ns, nil, Event{Kind: "phase", Detail: map[string]any{"phase": phase}})
+	})
+}
+
+// SetPolicy overrides the configured policy of user/name; nil returns it
+// to the configured rules.
+func (r *Registry) SetPolicy(user, name string, p *Policy) error {
+	if p != nil {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	return r.with(user, name, func(e *entry) error {
+		ns := e.s
+		ns.Policy = p
+		detail := map[string]any{"policy": "configured"}
+		if p != nil {
+			detail = map[string]any{"mode": string(p.Mode), "window": p.Window.String(), "liveness": p.Liveness.String()}
+			if ns.FirstBegin.IsZero() || p.Window <= 0 {
+				ns.Deadline = time.Time{}
+			} else {
+				ns.Deadline = ns.FirstBegin.Add(p.Window)
+			}
+		}
+		return r.commit(e, ns, nil, Event{Kind: "policy", Detail: detail})
+	})
+}
+
+// current checks nonce is the current instance's and the window is open.
+func (r *Registry) current(e *entry, nonce string, now time.Time) error {
+	if err := r.expireIfDue(e, now); err != nil {
+		return err
+	}
+	if nonce == "" || nonce != e.s.Nonce {
+		return ErrStaleNonce
+	}
+	return nil
+}
+
+// expireIfDue moves a session past its deadline to expired (once,
+// journaled, with a final tick) and returns ErrExpired for it.
+func (r *Registry) expireIfDue(e *entry, now time.Time) error {
+	if e.s.State == StateExpired {
+		return ErrExpired
+	}
+	if e.s.Deadline.IsZero() || now.Before(e.s.Deadline) {
+		return nil
+	}
+	ns := e.s
+	ns.State, ns.Since = StateExpired, now
+	if err := r.commit(e, ns, nil, Event{Kind: "expired", Detail: map[string]any{"deadline": ns.Deadline.UTC().Format(time.RFC3339Nano)}}); err != nil {
+		return err
+	}
+	if e.conn != 0 {
+		r.out.Tick(ns.User, ns.Name, e.s.tick(now))
+	}
+	e.stopTimers()
+	return ErrExpired
+}

@@ -1,0 +1,271 @@
+package sessions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/wire"
+)
+
+// Store is the durable store the registry needs.
+type Store interface {
+	Update(fn func(persistence.Txn) error) error
+	View(fn func(persistence.Txn) error) error
+}
+
+// Outbox is how the registry reaches devices; the broker implements it by
+// publishing on the session's MQTT topics. Calls must not block for long.
+type Outbox interface {
+	// Tick sends t on sessions/U/S/tick.
+	Tick(user, name string, t Tick)
+	// Presence sets the retained presence of sessions/U/S/presence.
+	Presence(user, name string, p Presence)
+}
+
+// Config tunes the registry. Fill it from DefaultConfig.
+type Config struct {
+	TickInterval  time.Duration // ticks to an active session
+	SweepInterval time.Duration // how often silent sessions are detached and idle ones evicted
+	IdleEvict     time.Duration // an unattached session leaves memory after this long untouched
+	Retention     Retention     // journal bounds
+	DefaultPolicy Policy        // for sessions no rule matches
+	Rules         []Rule        // first match wins, by session name
+	MaxMemento    int           // bytes of JSON
+	MaxCursor     int           // bytes of JSON
+	MaxPhase      int           // bytes
+	Logger        *slog.Logger
+	Now           func() time.Time // nil: time.Now
+}
+
+// DefaultConfig returns the defaults used by `broker serve`.
+func DefaultConfig() Config {
+	return Config{
+		TickInterval:  5 * time.Second,
+		SweepInterval: 5 * time.Second,
+		IdleEvict:     2 * time.Minute,
+		Retention:     Retention{MaxEvents: 10_000, MaxAge: 30 * 24 * time.Hour},
+		DefaultPolicy: DefaultPolicy(),
+		MaxMemento:    16 << 10,
+		MaxCursor:     1 << 10,
+		MaxPhase:      128,
+	}
+}
+
+// Validate reports the first unusable setting.
+func (c Config) Validate() error {
+	switch {
+	case c.TickInterval < 10*time.Millisecond:
+		return fmt.Errorf("sessions: tick interval %s: want at least 10ms", c.TickInterval)
+	case c.SweepInterval < 10*time.Millisecond:
+		return fmt.Errorf("sessions: sweep interval %s: want at least 10ms", c.SweepInterval)
+	case c.IdleEvict <= 0:
+		return fmt.Errorf("sessions: idle evict %s: want positive", c.IdleEvict)
+	case c.Retention.MaxEvents < 1:
+		return fmt.Errorf("sessions: journal max events %d: want at least 1", c.Retention.MaxEvents)
+	case c.MaxMemento < 1 || c.MaxCursor < 1 || c.MaxPhase < 1:
+		return errors.New("sessions: size limits must be positive")
+	}
+	if err := c.DefaultPolicy.Validate(); err != nil {
+		return err
+	}
+	for _, r := range c.Rules {
+		if err := r.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Registry is the set of sessions. Requests on one session are serialised;
+// requests on different sessions run in parallel. It is safe for concurrent use.
+type Registry struct {
+	cfg   Config
+	store Store
+	out   Outbox
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu     sync.Mutex
+	live   map[string]*entry        // loaded sessions by "user/name"
+	byConn map[Conn]map[*entry]bool // sessions attached to each connection
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// entry is a loaded session: its record as last committed, and what the
+// current instance holds in memory (connection, timers).
+type entry struct {
+	mu       sync.Mutex
+	s        Session
+	conn     Conn
+	ticker   *time.Timer
+	deadline *time.Timer
+	touched  time.Time
+	evicted  bool
+}
+
+// New returns a registry over store and starts its sweep. Nothing is read
+// from the store until a session is first touched.
+func New(cfg Config, store Store, out Outbox) (*Registry, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Registry{cfg: cfg, store: store, out: out, log: cfg.Logger, now: cfg.Now,
+		live: map[string]*entry{}, byConn: map[Conn]map[*entry]bool{}}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.wg.Add(1)
+	go r.sweepLoop(ctx)
+	return r, nil
+}
+
+// Close stops the sweep and every session timer.
+func (r *Registry) Close() {
+	r.cancel()
+	r.wg.Wait()
+	r.mu.Lock()
+	entries := make([]*entry, 0, len(r.live))
+	for _, e := range r.live {
+		entries = append(entries, e)
+	}
+	r.mu.Unlock()
+	for _, e := range entries { // lock order: entry, then registry
+		e.mu.Lock()
+		e.stopTimers()
+		e.mu.Unlock()
+	}
+}
+
+func sessionKey(user, name string) []byte { return persistence.Key("sess", user, name) }
+
+// load returns the loaded entry of user/name, reading it from the store on
+// first touch. A session never stored comes back in state new, unsaved.
+func (r *Registry) load(user, name string) (*entry, error) {
+	if err := wire.CheckName("user", user); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := wire.CheckName("session", name); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	k := user + "/" + name
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.live[k]; ok {
+		return e, nil
+	}
+	s, err := r.read(user, name)
+	now := r.now()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		s = Session{User: user, Name: name, State: StateNew, Created: now, Since: now}
+	case err != nil:
+		return nil, err
+	case s.State == StateActive:
+		// No connection survives a restart: the instance is detached until
+		// its device comes back (the record says so at its next commit).
+		s.State, s.Since = StateDetached, now
+	}
+	e := &entry{s: s, touched: now}
+	r.live[k] = e
+	if s.State != StateNew && s.State != StateEnded {
+		r.out.Presence(user, name, Presence{State: "offline", Since: s.Since.UnixMilli()})
+	}
+	return e, nil
+}
+
+// read returns the stored record of user/name, or ErrNotFound.
+func (r *Registry) read(user, name string) (Session, error) {
+	var s Session
+	err := r.store.View(func(tx persistence.Txn) error {
+		v, err := tx.Get(sessionKey(user, name))
+		if errors.Is(err, persistence.ErrNotFound) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(v, &s)
+	})
+	return s, err
+}
+
+// commit writes ns and appends events to its journal in one durable
+// transaction, then makes ns the entry's record. fn, if not nil, runs in
+// the same transaction first (other parts' effects). On error the entry is
+// unchanged.
+func (r *Registry) commit(e *entry, ns Session, fn func(tx persistence.Txn, s *Session) error, events ...Event) error {
+	err := r.store.Update(func(tx persistence.Txn) error {
+		if fn != nil {
+			if err := fn(tx, &ns); err != nil {
+				return err
+			}
+		}
+		for _, ev := range events {
+			if ev.Time.IsZero() {
+				ev.Time = r.now()
+			}
+			if err := appendEvent(tx, &ns, ev, r.cfg.Retention); err != nil {
+				return err
+			}
+		}
+		v, err := json.Marshal(ns)
+		if err != nil {
+			return err
+		}
+		return tx.Set(sessionKey(ns.User, ns.Name), v)
+	})
+	if err != nil {
+		return err
+	}
+	e.s = ns
+	return nil
+}
+
+// with runs fn with the entry of user/name locked.
+func (r *Registry) with(user, name string, fn func(e *entry) error) error {
+	for {
+		e, err := r.load(user, name)
+		if err != nil {
+			return err
+		}
+		e.mu.Lock()
+		if e.evicted { // lost a race with the sweep: load again
+			e.mu.Unlock()
+			continue
+		}
+		e.touched = r.now()
+		err = fn(e)
+		e.mu.Unlock()
+		return err
+	}
+}
+
+func newNonce() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func short(nonce string) string {
+	if len(nonce) > 8 {
+		return nonce[:8]
+	}
+	return nonce
+}

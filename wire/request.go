@@ -1,0 +1,168 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Ops a device may send on sessions/U/S/req.
+const (
+	OpBegin    = "begin"
+	OpPing     = "ping"
+	OpRemember = "remember"
+	OpEnd      = "end"
+	OpCall     = "call"
+	OpAck      = "ack"
+)
+
+// MaxRequestSize is the largest request payload accepted, in bytes.
+const MaxRequestSize = 64 << 10
+
+// MaxIDSize bounds a request id's JSON text.
+const MaxIDSize = 128
+
+// Request is a device's request. ID is echoed in the reply and may be any
+// JSON string or number the client chose.
+type Request struct {
+	ID      json.RawMessage `json:"id"`
+	Op      string          `json:"op"`
+	Nonce   string          `json:"nonce,omitempty"`
+	Cursor  json.RawMessage `json:"cursor,omitempty"`  // ping: what the user is looking at
+	Memento json.RawMessage `json:"memento,omitempty"` // remember, call
+	Phase   *string         `json:"phase,omitempty"`   // remember
+	Seq     uint64          `json:"seq,omitempty"`     // call
+	Method  string          `json:"method,omitempty"`  // call
+	Args    json.RawMessage `json:"args,omitempty"`    // call
+	Upto    *uint64         `json:"upto,omitempty"`    // ack
+	Restore string          `json:"restore,omitempty"` // begin: a sealed snapshot
+}
+
+// DecodeRequest parses and validates a request payload. On failure it
+// returns an *Error with code bad_request or too_large, and whatever id it
+// could recover so that the reply can still be correlated.
+func DecodeRequest(payload []byte) (Request, *Error) {
+	var req Request
+	if len(payload) > MaxRequestSize {
+		req.ID = recoverID(payload[:0])
+		return req, Errorf(CodeTooLarge, "request is %d bytes; the limit is %d", len(payload), MaxRequestSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		req = Request{ID: recoverID(payload)}
+		return req, Errorf(CodeBadRequest, "request is not a valid JSON object: %s", jsonProblem(err))
+	}
+	if dec.More() {
+		return Request{ID: req.ID}, Errorf(CodeBadRequest, "request has data after the JSON object")
+	}
+	if e := req.validate(); e != nil {
+		if !validID(req.ID) {
+			req.ID = nil
+		}
+		return req, e
+	}
+	return req, nil
+}
+
+func (r *Request) validate() *Error {
+	if len(r.ID) == 0 {
+		return Errorf(CodeBadRequest, "missing field id")
+	}
+	if !validID(r.ID) {
+		return Errorf(CodeBadRequest, "id must be a string or a number of at most %d bytes", MaxIDSize)
+	}
+	need := func(field string, ok bool) *Error {
+		if ok {
+			return nil
+		}
+		return Errorf(CodeBadRequest, "op %s needs field %s", r.Op, field)
+	}
+	switch r.Op {
+	case "":
+		return Errorf(CodeBadRequest, "missing field op")
+	case OpBegin:
+		return nil
+	case OpPing, OpEnd:
+		return need("nonce", r.Nonce != "")
+	case OpRemember:
+		if e := need("nonce", r.Nonce != ""); e != nil {
+			return e
+		}
+		return need("memento", len(r.Memento) > 0)
+	case OpCall:
+		if e := need("nonce", r.Nonce != ""); e != nil {
+			return e
+		}
+		if e := need("seq (a positive integer)", r.Seq > 0); e != nil {
+			return e
+		}
+		return need("method", r.Method != "")
+	case OpAck:
+		if e := need("nonce", r.Nonce != ""); e != nil {
+			return e
+		}
+		return need("upto", r.Upto != nil)
+	}
+	return Errorf(CodeBadRequest, "unknown op %q: want begin, ping, remember, call, ack or end", truncate(r.Op, 32))
+}
+
+func validID(id json.RawMessage) bool {
+	if len(id) == 0 || len(id) > MaxIDSize {
+		return false
+	}
+	switch id[0] {
+	case '"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		return json.Valid(id)
+	}
+	return false
+}
+
+// recoverID pulls a usable id out of a payload that failed to decode.
+func recoverID(payload []byte) json.RawMessage {
+	var probe struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(payload, &probe) == nil && validID(probe.ID) {
+		return probe.ID
+	}
+	return nil
+}
+
+func jsonProblem(err error) string {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "json: ")
+	return truncate(msg, 120)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// Response is the broker's reply on sessions/U/S/res.
+type Response struct {
+	ID    json.RawMessage `json:"id"`
+	OK    any             `json:"ok,omitempty"`
+	Error *Error          `json:"error,omitempty"`
+}
+
+// MarshalJSON writes id as null when it is missing.
+func (r Response) MarshalJSON() ([]byte, error) {
+	type plain Response
+	if len(r.ID) == 0 {
+		r.ID = json.RawMessage("null")
+	}
+	if r.Error == nil && r.OK == nil {
+		r.OK = struct{}{}
+	}
+	return json.Marshal(plain(r))
+}
+
+// Errorf builds an *Error.
+func Errorf(code Code, format string, a ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, a...)}
+}
