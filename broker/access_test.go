@@ -33,7 +33,7 @@ func TestConnectAuthentication(t *testing.T) {
 		reason               string
 	}{
 		{"valid", "alice", alice, true, ""},
-		{"wrong secret", "alice", alice[:len(alice)-1] + flip(alice[len(alice)-1]), false, "mismatch"},
+		{"wrong secret", "alice", alice[:30] + flip(alice[30]) + alice[31:], false, "mismatch"},
 		{"garbage", "alice", "letmein", false, "malformed"},
 		{"other user's token", "bob", alice, false, "mismatch"},
 		{"unknown user", "nobody", "tt1_0123456789abcdef_" + strings.Repeat("A", 43), false, "unknown"},

@@ -59,7 +59,7 @@ func (c Config) Validate() error {
 		return errors.New("persistence: data dir must not be empty")
 	case c.GCInterval <= 0:
 		return fmt.Errorf("persistence: gc interval must be positive, got %s", c.GCInterval)
-	case c.GCDiscardRatio <= 0 || c.GCDiscardRatio >= 1:
+	case !(c.GCDiscardRatio > 0 && c.GCDiscardRatio < 1): // also refuses NaN
 		return fmt.Errorf("persistence: gc discard ratio must be in (0,1), got %g", c.GCDiscardRatio)
 	case c.MemTableSize < 1<<20:
 		return fmt.Errorf("persistence: memtable size must be at least 1 MiB, got %d", c.MemTableSize)

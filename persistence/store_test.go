@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/persistence"
@@ -234,7 +235,7 @@ func TestScan(t *testing.T) {
 	}{
 		{"all from prefix", nil, 0, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}},
 		{"from start key", persistence.Uint64Key(prefix, 5), 0, []uint64{5, 6, 7, 8, 9, 10}},
-		{"start between keys", persistence.Uint64Key(prefix, 5)[:len(prefix)+7], 0, []uint64{5, 6, 7, 8, 9, 10}},
+		{"start between keys", append(persistence.Uint64Key(prefix, 4), 0), 0, []uint64{5, 6, 7, 8, 9, 10}},
 		{"start after last key", persistence.Uint64Key(prefix, 11), 0, nil},
 		{"early stop", nil, 3, []uint64{1, 2, 3}},
 		{"start and early stop", persistence.Uint64Key(prefix, 8), 2, []uint64{8, 9}},
@@ -291,8 +292,6 @@ func TestScanReverseLargeNumbers(t *testing.T) {
 	}, 0)
 	require.Equal(t, nums, forward)
 
-	t.Skip("BUG (persistence/txn.go ScanReverse): the reverse seek key prefix+ff ff ff ff sorts before " +
-		"prefix+ff ff ff ff ff..., so those keys are skipped; see the report")
 	reverse := collect(t, s, func(tx persistence.Txn, fn func(k, v []byte) (bool, error)) error {
 		return tx.ScanReverse(prefix, fn)
 	}, 0)
@@ -369,10 +368,13 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 					return tx.Set(key, []byte(strconv.Itoa(n+1)))
 				})
 				mu.Lock()
-				if err == nil {
+				switch {
+				case err == nil:
 					committed++
-				} else {
+				case errors.Is(err, badger.ErrConflict):
 					conflicts++ // Update gives up after a few conflicting attempts
+				default:
+					t.Errorf("update: %v", err)
 				}
 				mu.Unlock()
 			}
@@ -383,10 +385,12 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, strconv.Itoa(committed), string(v), "%d commits, %d gave up", committed, conflicts)
 	require.Positive(t, committed)
+	t.Logf("%d commits, %d gave up on conflicts", committed, conflicts)
 }
 
 func TestConfigValidate(t *testing.T) {
 	require.NoError(t, persistence.DefaultConfig().Validate())
+	// Cases that fail until a known bug is fixed; remove the entry with the fix.
 	tests := []struct {
 		name   string
 		modify func(*persistence.Config)

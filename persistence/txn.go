@@ -1,6 +1,7 @@
 package persistence
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
 
@@ -61,19 +62,40 @@ func (x txn) Scan(prefix, start []byte, fn func(key, value []byte) (bool, error)
 
 func (x txn) ScanReverse(prefix []byte, fn func(key, value []byte) (bool, error)) error {
 	opts := badger.DefaultIteratorOptions
-	opts.Prefix = prefix
 	opts.Reverse = true
 	opts.PrefetchValues = false
 	it := x.t.NewIterator(opts)
 	defer it.Close()
-	// In reverse, Seek lands on the largest key <= the seek key.
-	seek := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff)
-	for it.Seek(seek); it.ValidForPrefix(prefix); it.Next() {
+	// In reverse, Seek lands on the largest key <= the seek key: seek to the
+	// first key after the prefix range and step off it if it exists.
+	if end := prefixEnd(prefix); end == nil {
+		it.Rewind()
+	} else {
+		it.Seek(end)
+		if it.Valid() && bytes.Equal(it.Item().Key(), end) {
+			it.Next()
+		}
+	}
+	for ; it.ValidForPrefix(prefix); it.Next() {
 		if more, err := visit(it.Item(), fn); err != nil || !more {
 			return err
 		}
 	}
 	return nil
+}
+
+// prefixEnd is the smallest key greater than every key with prefix, or nil
+// if there is none (the prefix is all 0xff).
+func prefixEnd(prefix []byte) []byte {
+	end := append([]byte{}, prefix...)
+	for len(end) > 0 && end[len(end)-1] == 0xff {
+		end = end[:len(end)-1]
+	}
+	if len(end) == 0 {
+		return nil
+	}
+	end[len(end)-1]++
+	return end
 }
 
 func visit(item *badger.Item, fn func(key, value []byte) (bool, error)) (bool, error) {

@@ -1,0 +1,503 @@
+// Package client is Tether's Go SDK for devices, on paho.mqtt.golang. It
+// speaks the protocol in docs/protocol.md and imports no server package.
+//
+// The crash discipline: Dial, Begin (read the memento and phase), resume
+// after the memento, Remember or Call as you go, End when done. A device
+// that crashed does the same after restarting: Begin returns crashed=true
+// and the last memento, so nothing committed is done twice.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/f47fa0da/tether/wire"
+)
+
+// Config says where and as whom to connect.
+type Config struct {
+	URL     string // tcp://host:1883, ssl://…, ws://host:8083/mqtt, wss://…
+	User    string
+	Token   string
+	Session string // the logical session's name, chosen by the client
+
+	ClientID       string        // MQTT client id; default: random, unique per Dial
+	KeepAlive      time.Duration // MQTT keepalive; the broker notices a dead socket within 1.5×
+	RequestTimeout time.Duration // default deadline of a request when ctx has none
+	TickInterval   time.Duration // the broker's tick interval (pings go at this rate)
+	LostAfter      int           // missed ticks before EventLost
+	TLSConfig      *tls.Config
+	Logger         *slog.Logger
+}
+
+// DefaultConfig returns a Config with the timings matching the broker's defaults.
+func DefaultConfig() Config {
+	return Config{KeepAlive: 10 * time.Second, RequestTimeout: 10 * time.Second, TickInterval: 5 * time.Second, LostAfter: 3}
+}
+
+func (c Config) validate() error {
+	if c.URL == "" {
+		return errors.New("client: URL is required")
+	}
+	if err := wire.CheckName("user", c.User); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	if err := wire.CheckName("session", c.Session); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	if c.KeepAlive < time.Second || c.RequestTimeout <= 0 || c.TickInterval <= 0 || c.LostAfter < 1 {
+		return errors.New("client: KeepAlive ≥ 1s, RequestTimeout, TickInterval and LostAfter must be set (start from DefaultConfig)")
+	}
+	return nil
+}
+
+// Errors a request can fail with. Broker errors are *Error values that
+// match these with errors.Is by code.
+var (
+	// ErrStaleNonce means another instance took over (or the session ended):
+	// this instance is dead. Crash and begin again.
+	ErrStaleNonce    = &Error{Code: wire.CodeStaleNonce}
+	ErrSessionBusy   = &Error{Code: wire.CodeSessionBusy}
+	ErrExpired       = &Error{Code: wire.CodeSessionExpired}
+	ErrUnknownMethod = &Error{Code: wire.CodeUnknownMethod}
+	ErrNotBegun      = errors.New("client: no current instance: call Begin first")
+	ErrClosed        = errors.New("client: closed")
+	// ErrConnectionLost is returned for a request that cannot be safely
+	// resent after the connection dropped (begin); begin again.
+	ErrConnectionLost = errors.New("client: connection lost before the reply")
+)
+
+// Error is an error reply from the broker.
+type Error struct {
+	Code    wire.Code
+	Message string
+}
+
+func (e *Error) Error() string { return "tether: " + string(e.Code) + ": " + e.Message }
+
+// Is matches errors by code, so errors.Is(err, client.ErrStaleNonce) works.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Tick is the broker's periodic word on the session.
+type Tick struct {
+	RemainingMs *int64 `json:"remaining_ms"` // nil without a time window
+	State       string `json:"state"`
+	Phase       string `json:"phase"`
+	ServerTime  int64  `json:"server_time"`
+}
+
+// Remaining is the time left in the window, and false without one.
+func (t Tick) Remaining() (time.Duration, bool) {
+	if t.RemainingMs == nil {
+		return 0, false
+	}
+	return time.Duration(*t.RemainingMs) * time.Millisecond, true
+}
+
+// Begun is the reply to Begin.
+type Begun struct {
+	Nonce       string          `json:"nonce"`
+	Memento     json.RawMessage `json:"memento"`
+	Crashed     bool            `json:"crashed"`
+	State       string          `json:"state"`
+	Phase       string          `json:"phase"`
+	RemainingMs *int64          `json:"remaining_ms"`
+	NextSeq     uint64          `json:"next_seq"`
+}
+
+// Event is a change in the link to the broker as the device sees it.
+type Event int
+
+const (
+	// EventLost: no tick for LostAfter tick intervals.
+	EventLost Event = iota + 1
+	// EventRecovered: ticks are arriving again.
+	EventRecovered
+)
+
+func (e Event) String() string {
+	switch e {
+	case EventLost:
+		return "connection lost"
+	case EventRecovered:
+		return "recovered"
+	}
+	return "event(" + strconv.Itoa(int(e)) + ")"
+}
+
+// Client is one device's connection to one session. Its methods are safe
+// for concurrent use.
+type Client struct {
+	cfg    Config
+	mqtt   paho.Client
+	topics struct{ req, res, sub, tick, presence string }
+	connID string
+	log    *slog.Logger
+
+	seq     atomic.Uint64 // request ids
+	mu      sync.Mutex
+	pending map[string]*pending // by request id
+	nonce   string
+	cursor  json.RawMessage
+
+	ticks    chan Tick
+	events   chan Event
+	lastTick atomic.Int64 // unix nanos
+	lost     atomic.Bool
+
+	gen        atomic.Uint64 // connections made so far
+	subscribed chan struct{} // closed once the first subscription is in place
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type pending struct {
+	payload []byte
+	gen     uint64 // the connection it was sent on
+	resend  bool   // safe to send again after a reconnect
+	done    chan reply
+}
+
+// reply is a response as the client reads it: ok stays raw until decoded into the caller's type.
+type reply struct {
+	ID    json.RawMessage `json:"id"`
+	OK    json.RawMessage `json:"ok"`
+	Error *wire.Error     `json:"error"`
+}
+
+// Dial connects to the broker with a last will on the session's presence
+// topic, subscribes to the session's topics, and starts the watchdog that
+// reports EventLost/EventRecovered. It reconnects by itself after a drop.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, pending: map[string]*pending{}, ticks: make(chan Tick, 16), events: make(chan Event, 16),
+		log: cfg.Logger, subscribed: make(chan struct{})}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.connID = randomHex(8)
+	c.topics.req = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafReq)
+	c.topics.res = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafRes)
+	c.topics.tick = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafTick)
+	c.topics.presence = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafPresence)
+	c.topics.sub = wire.SessionTopic(cfg.User, cfg.Session, "+")
+	clientID := cfg.ClientID
+	if clientID == "" {
+		clientID = "tether-" + cfg.User + "-" + randomHex(6)
+	}
+	will, _ := json.Marshal(map[string]string{"state": "offline", "conn": c.connID})
+	opts := paho.NewClientOptions().
+		AddBroker(cfg.URL).SetClientID(clientID).
+		SetUsername(cfg.User).SetPassword(cfg.Token).
+		SetProtocolVersion(4).
+		SetCleanSession(true).
+		SetKeepAlive(cfg.KeepAlive).
+		SetPingTimeout(cfg.KeepAlive).
+		SetConnectTimeout(cfg.RequestTimeout).
+		SetAutoReconnect(true).SetMaxReconnectInterval(2 * time.Second).
+		SetOrderMatters(false).
+		SetWill(c.topics.presence, string(will), 1, false).
+		SetDefaultPublishHandler(func(paho.Client, paho.Message) {}).
+		SetOnConnectHandler(c.onConnect)
+	if cfg.TLSConfig != nil {
+		opts.SetTLSConfig(cfg.TLSConfig)
+	}
+	c.mqtt = paho.NewClient(opts)
+	tok := c.mqtt.Connect()
+	if !waitToken(ctx, tok) {
+		c.mqtt.Disconnect(0)
+		return nil, fmt.Errorf("client: connect %s: %w", cfg.URL, context.Cause(ctx))
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("client: connect %s: %w", cfg.URL, err)
+	}
+	select { // replies must have somewhere to arrive before the first request
+	case <-c.subscribed:
+	case <-ctx.Done():
+		c.mqtt.Disconnect(0)
+		return nil, fmt.Errorf("client: subscribe %s: %w", c.topics.sub, context.Cause(ctx))
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.lastTick.Store(time.Now().UnixNano())
+	c.wg.Add(1)
+	go c.watchdog()
+	return c, nil
+}
+
+// onConnect runs after every (re)connect: a clean session has no
+// subscriptions, so subscribe again, then resend what is safe to resend.
+func (c *Client) onConnect(m paho.Client) {
+	tok := m.Subscribe(c.topics.sub, 1, c.onMessage)
+	if !tok.WaitTimeout(c.cfg.RequestTimeout) || tok.Error() != nil {
+		c.log.Warn("subscribe failed", "topic", c.topics.sub, "error", tok.Error())
+		return
+	}
+	gen := c.gen.Add(1)
+	if gen == 1 {
+		close(c.subscribed)
+		return
+	}
+	c.mu.Lock()
+	var again [][]byte
+	for id, p := range c.pending {
+		switch {
+		case p.gen >= gen:
+			// sent on this connection already
+		case p.resend:
+			p.gen = gen
+			again = append(again, p.payload)
+		default:
+			p.done <- reply{Error: &wire.Error{Code: "connection_lost"}}
+			delete(c.pending, id)
+		}
+	}
+	c.mu.Unlock()
+	for _, payload := range again {
+		m.Publish(c.topics.req, 1, false, payload)
+	}
+}
+
+func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
+	switch msg.Topic() {
+	case c.topics.res:
+		var res reply
+		if err := json.Unmarshal(msg.Payload(), &res); err != nil {
+			c.log.Warn("undecodable reply", "error", err)
+			return
+		}
+		var id string
+		if json.Unmarshal(res.ID, &id) != nil {
+			return
+		}
+		c.mu.Lock()
+		p := c.pending[id]
+		delete(c.pending, id)
+		c.mu.Unlock()
+		if p != nil {
+			p.done <- res
+		}
+	case c.topics.tick:
+		var t Tick
+		if err := json.Unmarshal(msg.Payload(), &t); err != nil {
+			return
+		}
+		c.gotTick(t)
+	}
+}
+
+// gotTick records a sign of life and passes the tick on (dropping it if the
+// application is not reading).
+func (c *Client) gotTick(t Tick) {
+	c.lastTick.Store(time.Now().UnixNano())
+	if c.lost.CompareAndSwap(true, false) {
+		c.emit(EventRecovered)
+	}
+	select {
+	case c.ticks <- t:
+	default:
+	}
+}
+
+func (c *Client) emit(e Event) {
+	select {
+	case c.events <- e:
+	default:
+	}
+}
+
+// watchdog pings the current instance every tick interval and reports
+// EventLost when no tick came for LostAfter intervals.
+func (c *Client) watchdog() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		silent := time.Since(time.Unix(0, c.lastTick.Load()))
+		if silent > time.Duration(c.cfg.LostAfter)*c.cfg.TickInterval && c.lost.CompareAndSwap(false, true) {
+			c.emit(EventLost)
+		}
+		if c.Nonce() != "" && c.mqtt.IsConnectionOpen() {
+			go func() {
+				ctx, cancel := context.WithTimeout(c.ctx, c.cfg.TickInterval)
+				defer cancel()
+				_, _ = c.Ping(ctx)
+			}()
+		}
+	}
+}
+
+// Ticks delivers the broker's ticks (and ping replies). Slow readers miss ticks, not the connection.
+func (c *Client) Ticks() <-chan Tick { return c.ticks }
+
+// Events delivers EventLost and EventRecovered.
+func (c *Client) Events() <-chan Event { return c.events }
+
+// Nonce is the current instance's nonce, empty before Begin or after End.
+func (c *Client) Nonce() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nonce
+}
+
+// SetCursor sets what the user is looking at; the next ping reports it.
+func (c *Client) SetCursor(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.cursor = b
+	c.mu.Unlock()
+	return nil
+}
+
+// Begin starts a new instance of the session and returns the memento and
+// phase to resume from. A begin is not resent after a reconnect (that would
+// start a second instance): it fails with ErrConnectionLost instead.
+func (c *Client) Begin(ctx context.Context) (Begun, error) {
+	var b Begun
+	if err := c.request(ctx, wire.Request{Op: wire.OpBegin}, false, &b); err != nil {
+		return b, err
+	}
+	c.mu.Lock()
+	c.nonce = b.Nonce
+	c.mu.Unlock()
+	return b, nil
+}
+
+// Ping refreshes liveness (with the cursor, if set) and returns a tick.
+func (c *Client) Ping(ctx context.Context) (Tick, error) {
+	var t Tick
+	c.mu.Lock()
+	req := wire.Request{Op: wire.OpPing, Nonce: c.nonce, Cursor: c.cursor}
+	c.cursor = nil
+	c.mu.Unlock()
+	if req.Nonce == "" {
+		return t, ErrNotBegun
+	}
+	err := c.request(ctx, req, true, &t)
+	if err == nil {
+		c.gotTick(t)
+	}
+	return t, err
+}
+
+// Remember commits memento (and phase, if not nil) under the current instance.
+func (c *Client) Remember(ctx context.Context, memento any, phase *string) error {
+	m, err := json.Marshal(memento)
+	if err != nil {
+		return err
+	}
+	nonce := c.Nonce()
+	if nonce == "" {
+		return ErrNotBegun
+	}
+	return c.request(ctx, wire.Request{Op: wire.OpRemember, Nonce: nonce, Memento: m, Phase: phase}, true, nil)
+}
+
+// End closes the instance cleanly; the session's memento is cleared.
+func (c *Client) End(ctx context.Context) error {
+	nonce := c.Nonce()
+	if nonce == "" {
+		return nil
+	}
+	err := c.request(ctx, wire.Request{Op: wire.OpEnd, Nonce: nonce}, true, nil)
+	if err == nil {
+		c.mu.Lock()
+		c.nonce = ""
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// Close disconnects cleanly (no will) and stops the watchdog. It does not
+// end the session: a later Begin, here or on another device, resumes it.
+func (c *Client) Close() {
+	c.cancel()
+	c.mqtt.Disconnect(250)
+	c.wg.Wait()
+}
+
+// request publishes req and waits for its reply, decoding ok into out.
+func (c *Client) request(ctx context.Context, req wire.Request, resend bool, out any) error {
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		defer cancel()
+	}
+	id := strconv.FormatUint(c.seq.Add(1), 10)
+	req.ID = json.RawMessage(strconv.Quote(id))
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	p := &pending{payload: payload, gen: c.gen.Load(), resend: resend, done: make(chan reply, 1)}
+	c.mu.Lock()
+	c.pending[id] = p
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+	}()
+	c.mqtt.Publish(c.topics.req, 1, false, payload) // a drop is covered by onConnect's resend
+	select {
+	case res := <-p.done:
+		if res.Error != nil {
+			if res.Error.Code == "connection_lost" {
+				return ErrConnectionLost
+			}
+			return &Error{Code: res.Error.Code, Message: res.Error.Message}
+		}
+		if out == nil {
+			return nil
+		}
+		return json.Unmarshal(res.OK, out)
+	case <-ctx.Done():
+		return fmt.Errorf("client: %s: %w", req.Op, context.Cause(ctx))
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+func waitToken(ctx context.Context, tok paho.Token) bool {
+	select {
+	case <-tok.Done():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
