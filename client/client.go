@@ -213,7 +213,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetKeepAlive(cfg.KeepAlive).
 		SetPingTimeout(cfg.KeepAlive).
 		SetConnectTimeout(cfg.RequestTimeout).
-		SetAutoReconnect(true).SetMaxReconnectInterval(2 * time.Second).
+		SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
 		SetOrderMatters(false).
 		SetWill(c.topics.presence, string(will), 1, false).
 		SetDefaultPublishHandler(func(paho.Client, paho.Message) {}).
