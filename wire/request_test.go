@@ -1,0 +1,107 @@
+package wire
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestDecodeRequest(t *testing.T) {
+	tests := []struct {
+		name, payload string
+		code          Code // "" = valid
+		op            string
+	}{
+		{"begin", `{"id":1,"op":"begin"}`, "", OpBegin},
+		{"string id", `{"id":"a-1","op":"begin"}`, "", OpBegin},
+		{"ping", `{"id":1,"op":"ping","nonce":"n","cursor":{"q":3}}`, "", OpPing},
+		{"remember", `{"id":1,"op":"remember","nonce":"n","memento":0,"phase":"p"}`, "", OpRemember},
+		{"call", `{"id":1,"op":"call","nonce":"n","seq":1,"method":"buy","args":["x"]}`, "", OpCall},
+		{"ack", `{"id":1,"op":"ack","nonce":"n","upto":0}`, "", OpAck},
+		{"end", `{"id":1,"op":"end","nonce":"n"}`, "", OpEnd},
+		{"empty", ``, CodeBadRequest, ""},
+		{"null", `null`, CodeBadRequest, ""},
+		{"bool id", `{"id":true,"op":"begin"}`, CodeBadRequest, ""},
+		{"null id", `{"id":null,"op":"begin"}`, CodeBadRequest, ""},
+		{"long id", `{"id":"` + strings.Repeat("i", 200) + `","op":"begin"}`, CodeBadRequest, ""},
+		{"call without seq", `{"id":1,"op":"call","nonce":"n","method":"m"}`, CodeBadRequest, ""},
+		{"call seq 0", `{"id":1,"op":"call","nonce":"n","seq":0,"method":"m"}`, CodeBadRequest, ""},
+		{"call negative seq", `{"id":1,"op":"call","nonce":"n","seq":-1,"method":"m"}`, CodeBadRequest, ""},
+		{"call without method", `{"id":1,"op":"call","nonce":"n","seq":1}`, CodeBadRequest, ""},
+		{"ack without upto", `{"id":1,"op":"ack","nonce":"n"}`, CodeBadRequest, ""},
+		{"end without nonce", `{"id":1,"op":"end"}`, CodeBadRequest, ""},
+		{"wrong type", `{"id":1,"op":5}`, CodeBadRequest, ""},
+		{"too large", `{"id":1,"op":"begin","restore":"` + strings.Repeat("r", MaxRequestSize) + `"}`, CodeTooLarge, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := DecodeRequest([]byte(tc.payload))
+			if tc.code == "" {
+				require.Nil(t, err)
+				require.Equal(t, tc.op, req.Op)
+				return
+			}
+			require.NotNil(t, err)
+			require.Equal(t, tc.code, err.Code)
+			require.NotEmpty(t, err.Message)
+		})
+	}
+}
+
+func TestResponseJSON(t *testing.T) {
+	b, err := json.Marshal(Response{})
+	require.NoError(t, err)
+	require.JSONEq(t, `{"id":null,"ok":{}}`, string(b))
+	b, err = json.Marshal(Response{ID: json.RawMessage(`"x"`), Error: Errorf(CodeStaleNonce, "old")})
+	require.NoError(t, err)
+	require.JSONEq(t, `{"id":"x","error":{"code":"stale_nonce","message":"old"}}`, string(b))
+}
+
+// FuzzDecodeRequest: any payload gets a request or a well-formed error, and
+// never a panic; accepted requests satisfy the per-op contract.
+func FuzzDecodeRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"id":1,"op":"begin"}`, `{"id":"x","op":"ping","nonce":"n","cursor":[1]}`,
+		`{"id":2,"op":"call","nonce":"n","seq":3,"method":"buy","args":{"item":"toaster"},"memento":4}`,
+		`{"id":3,"op":"ack","nonce":"n","upto":9}`, `{"id":4,"op":"remember","nonce":"n","memento":null,"phase":""}`,
+		`{"id":5,"op":"begin","restore":"blob"}`, `{"id":{},"op":"x"}`, `[`, `{"id":1}{"id":2}`, "\x00",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		req, err := DecodeRequest(payload)
+		if err != nil {
+			if err.Code != CodeBadRequest && err.Code != CodeTooLarge {
+				t.Fatalf("unexpected code %q", err.Code)
+			}
+			if err.Message == "" {
+				t.Fatal("empty error message")
+			}
+			if req.ID != nil && !validID(req.ID) {
+				t.Fatalf("invalid id %q returned for correlation", req.ID)
+			}
+			return
+		}
+		if !validID(req.ID) {
+			t.Fatalf("accepted invalid id %q", req.ID)
+		}
+		switch req.Op {
+		case OpBegin:
+		case OpPing, OpEnd, OpRemember, OpAck:
+			if req.Nonce == "" {
+				t.Fatal("accepted without nonce")
+			}
+		case OpCall:
+			if req.Nonce == "" || req.Seq == 0 || req.Method == "" {
+				t.Fatalf("accepted incomplete call %+v", req)
+			}
+		default:
+			t.Fatalf("accepted unknown op %q", req.Op)
+		}
+		if _, err := json.Marshal(Response{ID: req.ID}); err != nil {
+			t.Fatalf("reply cannot echo id %q: %v", req.ID, err)
+		}
+	})
+}
