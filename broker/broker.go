@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/persistence"
 	"github.com/f47fa0da/tether/sessions"
 )
@@ -30,6 +31,7 @@ type Broker struct {
 	store    *persistence.Store
 	tokens   *auth.Tokens
 	registry *sessions.Registry
+	calls    *calls
 	admin    *Admin
 	srv      *mqtt.Server
 	metrics  *metrics
@@ -89,10 +91,11 @@ func Open(cfg Config) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry}
+	b.calls = &calls{registry: b.registry, keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
 	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv}
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets
-		&sessionHook{access: acc, registry: b.registry, out: out, log: log.With("component", "sessions")},
+		&sessionHook{access: acc, registry: b.registry, calls: b.calls, out: out, log: log.With("component", "sessions")},
 		&mqttState{store: b.store, log: log.With("component", "mqtt-state")},
 	}
 	for _, h := range hooks {

@@ -42,6 +42,9 @@ type Config struct {
 	ShutdownTimeout time.Duration // how long Close waits for in-flight work
 	GCInterval      time.Duration // Badger value-log GC period
 
+	RepliesKept uint64        // exactly-once replies kept per session (retries within this many calls get the stored reply)
+	CallTimeout time.Duration // context deadline given to call handlers
+
 	// Sessions tunes the session registry (ticks, sweep, journal, policies).
 	Sessions sessions.Config
 
@@ -66,6 +69,8 @@ func DefaultConfig() Config {
 		ShutdownTimeout:  10 * time.Second,
 		GCInterval:       5 * time.Minute,
 		Sessions:         sessions.DefaultConfig(),
+		RepliesKept:      1000,
+		CallTimeout:      10 * time.Second,
 	}
 }
 
@@ -117,6 +122,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout)
 	case c.GCInterval <= 0:
 		return fmt.Errorf("gc-interval: must be positive, got %s", c.GCInterval)
+	}
+	if c.RepliesKept < 1 {
+		return errors.New("replies-kept: must be at least 1")
+	}
+	if c.CallTimeout <= 0 {
+		return fmt.Errorf("call-timeout: must be positive, got %s", c.CallTimeout)
 	}
 	return c.Sessions.Validate()
 }

@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/wire"
 )
@@ -23,6 +24,7 @@ type sessionHook struct {
 	mqtt.HookBase
 	access   *access
 	registry *sessions.Registry
+	calls    *calls
 	out      *outbox
 	log      *slog.Logger
 
@@ -103,6 +105,8 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 	case wire.OpEnd:
 		err = h.registry.End(user, name, conn, req.Nonce)
 		ok = struct{}{}
+	case wire.OpCall:
+		ok, err = h.calls.run(user, name, conn, req)
 	default:
 		err = errNotYet
 	}
@@ -117,8 +121,17 @@ var errNotYet = errors.New("broker: op not supported by this broker")
 // wireError maps an error from the parts to the closed set of wire codes;
 // this is the one place that mapping lives.
 func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
-	var we *wire.Error
+	var (
+		we *wire.Error
+		he *nonce.HandlerError
+	)
 	switch {
+	case errors.As(err, &he):
+		var app *wire.Error // a handler may choose its code
+		if errors.As(he.Err, &app) {
+			return app
+		}
+		return wire.Errorf(wire.CodeBadRequest, "%s failed: %v", he.Method, he.Err)
 	case errors.As(err, &we):
 		return we
 	case errors.Is(err, sessions.ErrStaleNonce):
@@ -131,6 +144,10 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		return wire.Errorf(wire.CodeTooLarge, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
 	case errors.Is(err, sessions.ErrInvalid):
 		return wire.Errorf(wire.CodeBadRequest, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
+	case errors.Is(err, nonce.ErrUnknownMethod):
+		return wire.Errorf(wire.CodeUnknownMethod, "%v", err)
+	case errors.Is(err, nonce.ErrSeqTooOld):
+		return wire.Errorf(wire.CodeBadRequest, "%v", err)
 	case errors.Is(err, errNotYet):
 		return wire.Errorf(wire.CodeBadRequest, "op %s is not supported by this broker", op)
 	}

@@ -154,6 +154,8 @@ type Client struct {
 	pending map[string]*pending // by request id
 	nonce   string
 	cursor  json.RawMessage
+	callMu  sync.Mutex // one call at a time, so seqs reach the broker in order
+	nextSeq uint64     // seq of the next call (from begin's next_seq)
 
 	ticks    chan Tick
 	events   chan Event
@@ -384,9 +386,49 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 		return b, err
 	}
 	c.mu.Lock()
-	c.nonce = b.Nonce
+	c.nonce, c.nextSeq = b.Nonce, b.NextSeq
 	c.mu.Unlock()
 	return b, nil
+}
+
+// Call makes an exactly-once call of method with args; memento, when not
+// nil, is committed with it. The call is numbered (seq) and resent with
+// the same seq after a reconnect, so a network blip never runs it twice:
+// a retry gets the stored reply. It returns the handler's reply (JSON).
+// ErrStaleNonce means another instance took over: crash and begin again.
+func (c *Client) Call(ctx context.Context, method string, args, memento any) (json.RawMessage, error) {
+	req := wire.Request{Op: wire.OpCall, Method: method}
+	var err error
+	if args != nil {
+		if req.Args, err = json.Marshal(args); err != nil {
+			return nil, fmt.Errorf("client: call %s args: %w", method, err)
+		}
+	}
+	if memento != nil {
+		if req.Memento, err = json.Marshal(memento); err != nil {
+			return nil, fmt.Errorf("client: call %s memento: %w", method, err)
+		}
+	}
+	c.callMu.Lock()
+	defer c.callMu.Unlock()
+	c.mu.Lock()
+	req.Nonce, req.Seq = c.nonce, c.nextSeq
+	c.mu.Unlock()
+	if req.Nonce == "" {
+		return nil, ErrNotBegun
+	}
+	var out json.RawMessage
+	err = c.request(ctx, req, true, &out)
+	var be *Error
+	if err == nil || errors.As(err, &be) && be.Code != wire.CodeStaleNonce {
+		// The broker decided this seq (ran it, or refused it for good): the next call takes the next seq.
+		c.mu.Lock()
+		if c.nonce == req.Nonce && c.nextSeq == req.Seq {
+			c.nextSeq++
+		}
+		c.mu.Unlock()
+	}
+	return out, err
 }
 
 // Ping refreshes liveness (with the cursor, if set) and returns a tick.

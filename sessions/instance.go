@@ -20,7 +20,7 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		}
 		pol := policyFor(&e.s, r.cfg.Rules, r.cfg.DefaultPolicy)
 		if pol.Mode == Exclusive && e.s.live() && e.conn != 0 && e.conn != conn {
-			_ = r.commit(e, e.s, nil, Event{Kind: "busy", Detail: map[string]any{"conn": conn, "holder": e.conn}})
+			_ = r.commit(e, e.s, Event{Kind: "busy", Detail: map[string]any{"conn": conn, "holder": e.conn}})
 			return ErrBusy
 		}
 		nonce, err := newNonce()
@@ -43,14 +43,14 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		if !wasOnline {
 			events = append(events, Event{Kind: "presence", Detail: map[string]any{"state": "online", "reason": "begin", "conn": conn}})
 		}
-		if err := r.commit(e, ns, nil, events...); err != nil {
+		if err := r.commit(e, ns, events...); err != nil {
 			return err
 		}
 		r.attach(e, conn)
 		r.out.Presence(user, name, Presence{State: "online", Since: now.UnixMilli()})
 		r.startTimers(e)
 		res = BeginResult{Nonce: nonce, Memento: e.s.Memento, Crashed: crashed, State: e.s.State, Phase: e.s.Phase,
-			RemainingMs: e.s.tick(now).RemainingMs}
+			RemainingMs: e.s.tick(now).RemainingMs, NextSeq: e.s.LastCallSeq + 1}
 		if res.Memento == nil {
 			res.Memento = json.RawMessage("null")
 		}
@@ -77,7 +77,7 @@ func (r *Registry) Ping(user, name string, conn Conn, nonce string, cursor json.
 		}
 		e.s.LastSeen = now
 		if len(cursor) > 0 && string(cursor) != "null" {
-			if err := r.commit(e, e.s, nil, Event{Kind: "ping", Detail: map[string]any{"cursor": json.RawMessage(cursor)}}); err != nil {
+			if err := r.commit(e, e.s, Event{Kind: "ping", Detail: map[string]any{"cursor": json.RawMessage(cursor)}}); err != nil {
 				return err
 			}
 		}
@@ -111,7 +111,7 @@ func (r *Registry) Remember(user, name string, conn Conn, nonce string, memento 
 			ns.Phase = *phase
 			detail["phase"] = *phase
 		}
-		return r.commit(e, ns, nil, Event{Kind: "remember", Detail: detail})
+		return r.commit(e, ns, Event{Kind: "remember", Detail: detail})
 	})
 }
 
@@ -131,7 +131,7 @@ func (r *Registry) End(user, name string, conn Conn, nonce string) error {
 		if ns.State != StateExpired {
 			ns.State = StateEnded
 		}
-		if err := r.commit(e, ns, nil,
+		if err := r.commit(e, ns,
 			Event{Kind: "end", Detail: map[string]any{"nonce": short(nonce), "conn": conn}},
 			Event{Kind: "presence", Detail: map[string]any{"state": "offline", "reason": "end"}}); err != nil {
 			return err
@@ -152,7 +152,7 @@ func (r *Registry) SetPhase(user, name, phase string) error {
 	return r.with(user, name, func(e *entry) error {
 		ns := e.s
 		ns.Phase = phase
-		return r.commit(e, ns, nil, Event{Kind: "phase", Detail: map[string]any{"phase": phase}})
+		return r.commit(e, ns, Event{Kind: "phase", Detail: map[string]any{"phase": phase}})
 	})
 }
 
@@ -176,7 +176,7 @@ func (r *Registry) SetPolicy(user, name string, p *Policy) error {
 				ns.Deadline = ns.FirstBegin.Add(p.Window)
 			}
 		}
-		return r.commit(e, ns, nil, Event{Kind: "policy", Detail: detail})
+		return r.commit(e, ns, Event{Kind: "policy", Detail: detail})
 	})
 }
 
@@ -202,7 +202,7 @@ func (r *Registry) expireIfDue(e *entry, now time.Time) error {
 	}
 	ns := e.s
 	ns.State, ns.Since = StateExpired, now
-	if err := r.commit(e, ns, nil, Event{Kind: "expired", Detail: map[string]any{"deadline": ns.Deadline.UTC().Format(time.RFC3339Nano)}}); err != nil {
+	if err := r.commit(e, ns, Event{Kind: "expired", Detail: map[string]any{"deadline": ns.Deadline.UTC().Format(time.RFC3339Nano)}}); err != nil {
 		return err
 	}
 	if e.conn != 0 {

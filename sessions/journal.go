@@ -1,11 +1,14 @@
 package sessions
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/f47fa0da/tether/persistence"
 )
@@ -37,12 +40,18 @@ func (e Event) String() string {
 		switch x := v.(type) {
 		case string:
 			s = x
-			if s == "" || strings.ContainsAny(s, " \"=") {
-				s = fmt.Sprintf("%q", s)
+			// Quote anything that could break "one line per event" or fake a key.
+			if s == "" || strings.ContainsFunc(s, func(r rune) bool {
+				return unicode.IsSpace(r) || !unicode.IsPrint(r) || r == '"' || r == '='
+			}) {
+				s = strconv.Quote(s)
 			}
 		default:
-			j, _ := json.Marshal(x)
-			s = string(j)
+			var buf bytes.Buffer
+			enc := json.NewEncoder(&buf)
+			enc.SetEscapeHTML(false)
+			_ = enc.Encode(x)
+			s = strings.TrimSuffix(buf.String(), "\n")
 		}
 		fmt.Fprintf(&b, " %s=%s", k, s)
 	}
@@ -111,7 +120,9 @@ func readJournal(tx persistence.Txn, user, name string, after uint64, limit int)
 	var out []Event
 	err := tx.Scan(prefix, persistence.Uint64Key(prefix, after+1), func(_, v []byte) (bool, error) {
 		var e Event
-		if err := json.Unmarshal(v, &e); err != nil {
+		dec := json.NewDecoder(bytes.NewReader(v))
+		dec.UseNumber() // mementos and cursors keep every digit
+		if err := dec.Decode(&e); err != nil {
 			return false, fmt.Errorf("sessions: journal event: %w", err)
 		}
 		out = append(out, e)

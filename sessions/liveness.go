@@ -48,7 +48,7 @@ func (r *Registry) reattach(e *entry, conn Conn, now time.Time) error {
 	if e.s.State != StateActive {
 		ns := e.s
 		ns.State, ns.Since, ns.LastSeen = StateActive, now, now
-		if err := r.commit(e, ns, nil, Event{Kind: "presence", Detail: map[string]any{"state": "online", "reason": "resume", "conn": conn}}); err != nil {
+		if err := r.commit(e, ns, Event{Kind: "presence", Detail: map[string]any{"state": "online", "reason": "resume", "conn": conn}}); err != nil {
 			return err
 		}
 		r.out.Presence(e.s.User, e.s.Name, Presence{State: "online", Since: now.UnixMilli()})
@@ -74,7 +74,7 @@ func (r *Registry) detach(e *entry, reason string, detail map[string]any) {
 	for k, v := range detail {
 		d[k] = v
 	}
-	if err := r.commit(e, ns, nil, Event{Kind: "presence", Detail: d}); err != nil {
+	if err := r.commit(e, ns, Event{Kind: "presence", Detail: d}); err != nil {
 		r.log.Error("detach session", "session", e.s.Key(), "error", err)
 		return
 	}
@@ -92,7 +92,7 @@ func (r *Registry) Will(user, name string, conn Conn, willConn string) bool {
 			return nil
 		}
 		if e.conn != conn || e.s.State != StateActive {
-			_ = r.commit(e, e.s, nil, Event{Kind: "will_ignored", Detail: map[string]any{"conn": conn, "will_conn": willConn, "current_conn": e.conn}})
+			_ = r.commit(e, e.s, Event{Kind: "will_ignored", Detail: map[string]any{"conn": conn, "will_conn": willConn, "current_conn": e.conn}})
 			return nil
 		}
 		r.detach(e, "will", map[string]any{"will_conn": willConn})

@@ -175,10 +175,6 @@ func (r *Registry) load(user, name string) (*entry, error) {
 		s = Session{User: user, Name: name, State: StateNew, Created: now, Since: now}
 	case err != nil:
 		return nil, err
-	case s.State == StateActive:
-		// No connection survives a restart: the instance is detached until
-		// its device comes back (the record says so at its next commit).
-		s.State, s.Since = StateDetached, now
 	}
 	e := &entry{s: s, touched: now}
 	r.live[k] = e
@@ -201,39 +197,81 @@ func (r *Registry) read(user, name string) (Session, error) {
 		}
 		return json.Unmarshal(v, &s)
 	})
+	if err == nil && s.State == StateActive {
+		// Every attached session is in memory; a stored active record that is
+		// not was left by a broker that stopped (or crashed): no connection
+		// survives a restart, so the instance is detached until its device
+		// comes back. The record says so at its next commit.
+		s.State = StateDetached
+	}
 	return s, err
 }
 
 // commit writes ns and appends events to its journal in one durable
-// transaction, then makes ns the entry's record. fn, if not nil, runs in
-// the same transaction first (other parts' effects). On error the entry is
+// transaction, then makes ns the entry's record. On error the entry is
 // unchanged.
-func (r *Registry) commit(e *entry, ns Session, fn func(tx persistence.Txn, s *Session) error, events ...Event) error {
-	err := r.store.Update(func(tx persistence.Txn) error {
-		if fn != nil {
-			if err := fn(tx, &ns); err != nil {
-				return err
-			}
-		}
-		for _, ev := range events {
-			if ev.Time.IsZero() {
-				ev.Time = r.now()
-			}
-			if err := appendEvent(tx, &ns, ev, r.cfg.Retention); err != nil {
-				return err
-			}
-		}
-		v, err := json.Marshal(ns)
-		if err != nil {
-			return err
-		}
-		return tx.Set(sessionKey(ns.User, ns.Name), v)
-	})
-	if err != nil {
+func (r *Registry) commit(e *entry, ns Session, events ...Event) error {
+	if err := r.store.Update(func(tx persistence.Txn) error { return r.write(tx, &ns, events) }); err != nil {
 		return err
 	}
 	e.s = ns
 	return nil
+}
+
+// write journals events and stores s in tx.
+func (r *Registry) write(tx persistence.Txn, s *Session, events []Event) error {
+	for _, ev := range events {
+		if ev.Time.IsZero() {
+			ev.Time = r.now()
+		}
+		if err := appendEvent(tx, s, ev, r.cfg.Retention); err != nil {
+			return err
+		}
+	}
+	v, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return tx.Set(sessionKey(s.User, s.Name), v)
+}
+
+// Change is what an Exec function did: events to journal, and whether
+// anything changed at all (nothing is written when it did not).
+type Change struct {
+	Changed bool
+	Events  []Event
+}
+
+// Exec runs fn inside the current instance of user/name, for parts that
+// commit their own effects with the session (exactly-once calls, acks):
+// the nonce is checked first (ErrStaleNonce, ErrExpired; fn does not run),
+// the instance re-attaches to conn, then fn runs in one store transaction
+// with a copy of the session record it may change. If fn fails, nothing
+// is written. Requests of one session are serialised.
+func (r *Registry) Exec(user, name string, conn Conn, nonce string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
+	return r.with(user, name, func(e *entry) error {
+		now := r.now()
+		if err := r.current(e, nonce, now); err != nil {
+			return err
+		}
+		if err := r.reattach(e, conn, now); err != nil {
+			return err
+		}
+		e.s.LastSeen = now
+		ns := e.s
+		var ch Change
+		err := r.store.Update(func(tx persistence.Txn) error {
+			var err error
+			if ch, err = fn(tx, &ns); err != nil || !ch.Changed {
+				return err
+			}
+			return r.write(tx, &ns, ch.Events)
+		})
+		if err == nil && ch.Changed {
+			e.s = ns
+		}
+		return err
+	})
 }
 
 // with runs fn with the entry of user/name locked.

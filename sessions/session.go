@@ -53,8 +53,11 @@ type Session struct {
 	LastSeen   time.Time       `json:"last_seen,omitzero"`
 	Since      time.Time       `json:"since,omitzero"` // when State last changed
 	Instances  uint64          `json:"instances"`      // begins so far
-	Policy     *Policy         `json:"policy,omitempty"`
-	Journal    JournalRange    `json:"journal"`
+	// LastCallSeq is the highest exactly-once call seq committed; a new
+	// instance numbers its calls from LastCallSeq+1 (begin's next_seq).
+	LastCallSeq uint64       `json:"last_call_seq,omitempty"`
+	Policy      *Policy      `json:"policy,omitempty"`
+	Journal     JournalRange `json:"journal"`
 	// Ext holds state that other parts (queues, exactly-once) keep with the
 	// session, by part name, committed in the same transactions.
 	Ext map[string]json.RawMessage `json:"ext,omitempty"`
@@ -108,5 +111,5 @@ type BeginResult struct {
 	State       State           `json:"state"`
 	Phase       string          `json:"phase"`
 	RemainingMs *int64          `json:"remaining_ms,omitempty"`
-	NextSeq     uint64          `json:"next_seq"`
+	NextSeq     uint64          `json:"next_seq"` // the seq for this instance's first call
 }

@@ -9,10 +9,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/f47fa0da/tether/broker"
+	"github.com/f47fa0da/tether/sessions"
 )
 
 // serveConfig is everything `broker serve` reads from flags, the YAML file
@@ -49,6 +51,12 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&b.SessionExpiry, "session-expiry", b.SessionExpiry, "longest a disconnected clean=false MQTT session is kept")
 	fs.DurationVar(&b.ShutdownTimeout, "shutdown-timeout", b.ShutdownTimeout, "how long shutdown waits for in-flight work")
 	fs.DurationVar(&b.GCInterval, "gc-interval", b.GCInterval, "Badger value-log GC period")
+	fs.DurationVar(&b.Sessions.TickInterval, "tick-interval", b.Sessions.TickInterval, "how often active sessions get a tick")
+	fs.DurationVar(&b.Sessions.SweepInterval, "sweep-interval", b.Sessions.SweepInterval, "how often silent sessions are detached and idle ones leave memory")
+	fs.DurationVar(&b.Sessions.DefaultPolicy.Liveness, "liveness", b.Sessions.DefaultPolicy.Liveness, "how long an active session may stay silent before the sweep detaches it")
+	fs.Var(rulesValue{&b.Sessions.Rules}, "policies", `session policies by name pattern: "pattern=mode[/window[/liveness]],…", e.g. "quiz*=exclusive/60m"`)
+	fs.IntVar(&b.Sessions.Retention.MaxEvents, "journal-max-events", b.Sessions.Retention.MaxEvents, "journal events kept per session")
+	fs.DurationVar(&b.Sessions.Retention.MaxAge, "journal-max-age", b.Sessions.Retention.MaxAge, "journal events older than this are dropped (0 keeps them)")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevel, "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", c.logFormat, "text or json")
 	return fs
@@ -97,6 +105,11 @@ func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (strin
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i := range c.broker.Sessions.Rules { // rules without a liveness inherit --liveness
+		if c.broker.Sessions.Rules[i].Policy.Liveness == 0 {
+			c.broker.Sessions.Rules[i].Policy.Liveness = c.broker.Sessions.DefaultPolicy.Liveness
+		}
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		return nil, err
@@ -219,5 +232,56 @@ func (v uint32Value) Set(s string) error {
 		return errors.New("not a non-negative 32-bit integer")
 	}
 	*v.p = uint32(n)
+	return nil
+}
+
+// rulesValue parses session policy rules: "pattern=mode[/window[/liveness]]"
+// separated by commas. Each Set replaces the list.
+type rulesValue struct{ p *[]sessions.Rule }
+
+func (v rulesValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	parts := make([]string, len(*v.p))
+	for i, r := range *v.p {
+		parts[i] = fmt.Sprintf("%s=%s/%s/%s", r.Pattern, r.Policy.Mode, r.Policy.Window, r.Policy.Liveness)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (v rulesValue) Set(s string) error {
+	*v.p = nil
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		pattern, spec, ok := strings.Cut(item, "=")
+		if !ok || pattern == "" {
+			return fmt.Errorf("%q: want pattern=mode[/window[/liveness]]", item)
+		}
+		fields := strings.Split(spec, "/")
+		if len(fields) > 3 {
+			return fmt.Errorf("%q: too many /-separated fields", item)
+		}
+		r := sessions.Rule{Pattern: pattern, Policy: sessions.Policy{Mode: sessions.Mode(fields[0])}}
+		for i, dst := range []*time.Duration{&r.Policy.Window, &r.Policy.Liveness} {
+			if len(fields) > i+1 && fields[i+1] != "" {
+				d, err := time.ParseDuration(fields[i+1])
+				if err != nil {
+					return fmt.Errorf("%q: %v", item, err)
+				}
+				*dst = d
+			}
+		}
+		check := r
+		if check.Policy.Liveness == 0 { // unset: filled from --liveness after parsing
+			check.Policy.Liveness = time.Second
+		}
+		if err := check.Validate(); err != nil {
+			return fmt.Errorf("%q: %v", item, err)
+		}
+		*v.p = append(*v.p, r)
+	}
 	return nil
 }

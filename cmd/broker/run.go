@@ -22,9 +22,13 @@ Usage:
   broker token add --user U [...]   issue an auth token (printed once)
   broker token list [--user U]      list tokens (never their secrets)
   broker token revoke ID            revoke a token at once
+  broker sessions list [--user U]   list sessions (state, phase, last seen)
+  broker sessions show U/S          one session in full
+  broker sessions log U/S           a session's journal, one event a line
   broker help                       this text
 
-Run "broker serve -h" or "broker token add -h" for the flags of each.
+Run "broker serve -h", "broker token add -h" or "broker sessions log -h"
+for the flags of each.
 Operator commands work whether or not a broker runs on the data directory:
 without one they open it directly, with one they go through its admin
 endpoint on loopback.
@@ -41,6 +45,8 @@ func run(ctx context.Context, stop func(), args []string, stdout, stderr io.Writ
 		return serve(ctx, stop, args[1:], stderr, os.LookupEnv)
 	case "token":
 		return tokenCmd(ctx, args[1:], stdout, stderr)
+	case "sessions":
+		return sessionsCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,77 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/f47fa0da/tether/nonce"
+	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/wire"
+)
+
+// calls runs exactly-once calls with the application's handlers.
+type calls struct {
+	registry *sessions.Registry
+	keep     uint64 // replies kept per session
+	timeout  time.Duration
+
+	mu       sync.RWMutex
+	handlers map[string]nonce.Handler
+}
+
+func (c *calls) lookup(method string) (nonce.Handler, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	h, ok := c.handlers[method]
+	return h, ok
+}
+
+// Handle registers h as the handler of call method; a later Handle for the
+// same method replaces it. Handlers run on the caller's connection: keep
+// them short. Everything a handler does through its Call (state, phase,
+// notifications) commits atomically with the call's memento and reply.
+func (b *Broker) Handle(method string, h nonce.Handler) {
+	b.calls.mu.Lock()
+	defer b.calls.mu.Unlock()
+	b.calls.handlers[method] = h
+}
+
+// run executes a call request under the current instance of user/name and
+// returns the reply's ok value.
+func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (json.RawMessage, error) {
+	if len(req.Memento) > sessions.DefaultConfig().MaxMemento {
+		return nil, wire.Errorf(wire.CodeTooLarge, "memento is %d bytes; the limit is %d", len(req.Memento), sessions.DefaultConfig().MaxMemento)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	var out nonce.Outcome
+	err := c.registry.Exec(user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+		o, err := nonce.Execute(ctx, tx, user, name, s.LastCallSeq, nonce.Request{
+			Seq: req.Seq, Method: req.Method, Args: req.Args, Memento: req.Memento,
+		}, c.lookup, c.keep, time.Now())
+		if err != nil || o.Cached {
+			out = o
+			return sessions.Change{}, err
+		}
+		out = o
+		s.LastCallSeq = req.Seq
+		detail := map[string]any{"seq": req.Seq, "method": req.Method}
+		if o.Memento != nil {
+			s.Memento = o.Memento
+			detail["memento"] = o.Memento
+		}
+		if o.Phase != nil {
+			s.Phase = *o.Phase
+			detail["phase"] = *o.Phase
+		}
+		return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "call", Detail: detail}}}, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("call %s seq %d: %w", req.Method, req.Seq, err)
+	}
+	return out.Reply, nil
+}

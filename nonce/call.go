@@ -1,0 +1,113 @@
+package nonce
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/f47fa0da/tether/persistence"
+)
+
+// Errors of the call procedure.
+var (
+	ErrUnknownMethod = errors.New("nonce: unknown method")
+	ErrSeqTooOld     = errors.New("nonce: seq older than the reply cache")
+)
+
+// Call is one exactly-once call as its handler sees it. Everything it
+// changes through State, SetPhase and the effects a part attaches commits
+// with the call's reply, or not at all.
+type Call struct {
+	User, Session, Method string
+	Seq                   uint64
+	Args                  json.RawMessage
+	// State is the user's application state, read and written inside the
+	// call's transaction.
+	State State
+
+	phase *string
+	tx    persistence.Txn
+}
+
+// SetPhase sets the session's phase when the call commits.
+func (c *Call) SetPhase(phase string) { c.phase = &phase }
+
+// Txn is the call's transaction, for parts that add effects (notifications).
+func (c *Call) Txn() persistence.Txn { return c.tx }
+
+// Handler runs a call. Its result is the reply's ok value (JSON-encoded);
+// an error aborts the call: nothing it did is kept.
+type Handler func(ctx context.Context, c *Call) (any, error)
+
+// Request is what the device asked.
+type Request struct {
+	Seq     uint64
+	Method  string
+	Args    json.RawMessage
+	Memento json.RawMessage // optional: becomes the session's memento with the call
+}
+
+// Outcome is what Execute did.
+type Outcome struct {
+	Reply   json.RawMessage // the ok value for the device
+	Cached  bool            // a stored reply: the handler did not run
+	Phase   *string         // set by the handler
+	Memento json.RawMessage // to store with the call (nil: leave as is)
+}
+
+// Execute is the call procedure, inside the caller's transaction tx and
+// after the caller checked the nonce: a stored reply for req.Seq is
+// returned as is; a seq at or below lastSeq without one is refused
+// (ErrSeqTooOld); an unknown method is refused (ErrUnknownMethod);
+// otherwise the handler runs and its reply is stored, keeping the replies
+// of the last keep seqs. The caller commits (or, on error, discards) tx.
+func Execute(ctx context.Context, tx persistence.Txn, user, session string, lastSeq uint64, req Request,
+	handlers func(method string) (Handler, bool), keep uint64, now time.Time) (Outcome, error) {
+	if r, ok, err := GetReply(tx, user, session, req.Seq); err != nil || ok {
+		return Outcome{Reply: r.OK, Cached: true}, err
+	}
+	if req.Seq <= lastSeq {
+		return Outcome{}, fmt.Errorf("%w: seq %d ≤ last committed %d and its reply is no longer kept", ErrSeqTooOld, req.Seq, lastSeq)
+	}
+	h, ok := handlers(req.Method)
+	if !ok {
+		return Outcome{}, fmt.Errorf("%w %q", ErrUnknownMethod, req.Method)
+	}
+	c := &Call{User: user, Session: session, Method: req.Method, Seq: req.Seq, Args: req.Args,
+		State: State{tx: tx, user: user}, tx: tx}
+	res, err := run(ctx, h, c)
+	if err != nil {
+		return Outcome{}, &HandlerError{Method: req.Method, Err: err}
+	}
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("nonce: encode reply of %s: %w", req.Method, err)
+	}
+	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, OK: raw, At: now}, keep); err != nil {
+		return Outcome{}, err
+	}
+	return Outcome{Reply: raw, Phase: c.phase, Memento: req.Memento}, nil
+}
+
+// HandlerError is a call's handler failing (or panicking): the call was
+// aborted and nothing it did was kept.
+type HandlerError struct {
+	Method string
+	Err    error
+}
+
+func (e *HandlerError) Error() string { return "nonce: handler " + e.Method + ": " + e.Err.Error() }
+func (e *HandlerError) Unwrap() error { return e.Err }
+
+// run calls h, turning a panic into an error so that one bad handler cannot
+// take the broker down.
+func run(ctx context.Context, h Handler, c *Call) (res any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return h(ctx, c)
+}
