@@ -73,5 +73,12 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 	if err != nil {
 		return nil, fmt.Errorf("call %s seq %d: %w", req.Method, req.Seq, err)
 	}
+	if afterCallCommit != nil && !out.Cached {
+		afterCallCommit(user, name, req.Seq)
+	}
 	return out.Reply, nil
 }
+
+// afterCallCommit, when set (only by tests, before Open), runs after a
+// call committed and before its reply is sent: the crash window.
+var afterCallCommit func(user, session string, seq uint64)
