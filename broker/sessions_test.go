@@ -17,14 +17,14 @@ import (
 	"github.com/f47fa0da/tether/sessions"
 )
 
-// device dials the session user/name at url with fast timings; pings are
-// off (a long tick interval) unless the test drives them.
+// device dials the session user/name at url with fast timings; the test
+// drives pings itself.
 func device(t *testing.T, url, user, token, name string) *client.Client {
 	t.Helper()
 	cfg := client.DefaultConfig()
 	cfg.URL, cfg.User, cfg.Token, cfg.Session = url, user, token, name
 	cfg.KeepAlive = 2 * time.Second
-	cfg.TickInterval = time.Hour
+	cfg.ManualPing = true
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := client.Dial(ctx, cfg)

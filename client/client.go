@@ -36,8 +36,9 @@ type Config struct {
 	ClientID       string        // MQTT client id; default: random, unique per Dial
 	KeepAlive      time.Duration // MQTT keepalive; the broker notices a dead socket within 1.5×
 	RequestTimeout time.Duration // default deadline of a request when ctx has none
-	TickInterval   time.Duration // the broker's tick interval (pings go at this rate)
+	TickInterval   time.Duration // expected tick interval until begin says the broker's (pings go at this rate)
 	LostAfter      int           // missed ticks before EventLost
+	ManualPing     bool          // the application sends Ping itself; no automatic pings
 	TLSConfig      *tls.Config
 	Logger         *slog.Logger
 }
@@ -118,6 +119,10 @@ type Begun struct {
 	Phase       string          `json:"phase"`
 	RemainingMs *int64          `json:"remaining_ms"`
 	NextSeq     uint64          `json:"next_seq"`
+	// TickIntervalMs and LivenessMs are the broker's timings for this
+	// session; the client paces its pings and its watchdog by them.
+	TickIntervalMs int64 `json:"tick_interval_ms"`
+	LivenessMs     int64 `json:"liveness_ms"`
 }
 
 // Event is a change in the link to the broker as the device sees it.
@@ -161,6 +166,7 @@ type Client struct {
 	events   chan Event
 	lastTick atomic.Int64 // unix nanos
 	lost     atomic.Bool
+	interval atomic.Int64 // ping and watchdog period, nanos
 
 	gen        atomic.Uint64 // connections made so far
 	subscribed chan struct{} // closed once the first subscription is in place
@@ -240,6 +246,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lastTick.Store(time.Now().UnixNano())
+	c.interval.Store(int64(cfg.TickInterval))
 	c.wg.Add(1)
 	go c.watchdog()
 	return c, nil
@@ -326,29 +333,40 @@ func (c *Client) emit(e Event) {
 	}
 }
 
-// watchdog pings the current instance every tick interval and reports
+// watchdog pings the current instance every interval and reports
 // EventLost when no tick came for LostAfter intervals.
 func (c *Client) watchdog() {
 	defer c.wg.Done()
-	t := time.NewTicker(c.cfg.TickInterval)
-	defer t.Stop()
 	for {
+		every := time.Duration(c.interval.Load())
 		select {
 		case <-c.ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(every):
 		}
 		silent := time.Since(time.Unix(0, c.lastTick.Load()))
-		if silent > time.Duration(c.cfg.LostAfter)*c.cfg.TickInterval && c.lost.CompareAndSwap(false, true) {
+		if silent > time.Duration(c.cfg.LostAfter)*every && c.lost.CompareAndSwap(false, true) {
 			c.emit(EventLost)
 		}
-		if c.Nonce() != "" && c.mqtt.IsConnectionOpen() {
+		if !c.cfg.ManualPing && c.Nonce() != "" && c.mqtt.IsConnectionOpen() {
 			go func() {
-				ctx, cancel := context.WithTimeout(c.ctx, c.cfg.TickInterval)
+				ctx, cancel := context.WithTimeout(c.ctx, every)
 				defer cancel()
 				_, _ = c.Ping(ctx)
 			}()
 		}
+	}
+}
+
+// pace adopts the broker's timings: ping at the tick interval, and at least
+// three times within the liveness so the sweep never detaches a live device.
+func (c *Client) pace(tickMs, livenessMs int64) {
+	every := time.Duration(tickMs) * time.Millisecond
+	if l := time.Duration(livenessMs) * time.Millisecond / 3; l > 0 && (every <= 0 || l < every) {
+		every = l
+	}
+	if every > 0 {
+		c.interval.Store(int64(every))
 	}
 }
 
@@ -388,6 +406,7 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 	c.mu.Lock()
 	c.nonce, c.nextSeq = b.Nonce, b.NextSeq
 	c.mu.Unlock()
+	c.pace(b.TickIntervalMs, b.LivenessMs)
 	return b, nil
 }
 
@@ -494,7 +513,9 @@ func (c *Client) request(ctx context.Context, req wire.Request, resend bool, out
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		defer cancel()
 	}
-	id := strconv.FormatUint(c.seq.Add(1), 10)
+	// Every device of a session reads the same res topic: ids must be
+	// unique across devices, not just on this connection.
+	id := c.connID + "." + strconv.FormatUint(c.seq.Add(1), 10)
 	req.ID = json.RawMessage(strconv.Quote(id))
 	payload, err := json.Marshal(req)
 	if err != nil {

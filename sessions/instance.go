@@ -50,7 +50,8 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		r.out.Presence(user, name, Presence{State: "online", Since: now.UnixMilli()})
 		r.startTimers(e)
 		res = BeginResult{Nonce: nonce, Memento: e.s.Memento, Crashed: crashed, State: e.s.State, Phase: e.s.Phase,
-			RemainingMs: e.s.tick(now).RemainingMs, NextSeq: e.s.LastCallSeq + 1}
+			RemainingMs: e.s.tick(now).RemainingMs, NextSeq: e.s.LastCallSeq + 1,
+			TickIntervalMs: r.cfg.TickInterval.Milliseconds(), LivenessMs: pol.Liveness.Milliseconds()}
 		if res.Memento == nil {
 			res.Memento = json.RawMessage("null")
 		}

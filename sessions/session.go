@@ -112,4 +112,7 @@ type BeginResult struct {
 	Phase       string          `json:"phase"`
 	RemainingMs *int64          `json:"remaining_ms,omitempty"`
 	NextSeq     uint64          `json:"next_seq"` // the seq for this instance's first call
+	// The broker's timings for this session, so clients can pace their pings.
+	TickIntervalMs int64 `json:"tick_interval_ms"`
+	LivenessMs     int64 `json:"liveness_ms"`
 }
