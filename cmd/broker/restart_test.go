@@ -20,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/require"
 
+	"github.com/f47fa0da/tether/client"
 	"github.com/f47fa0da/tether/internal/brokertest"
 )
 
@@ -230,6 +231,13 @@ func TestRestartAfterKill(t *testing.T) {
 	require.NoError(t, brokertest.Wait(b.Publish("sessions/alice/room/state", 1, true, retained)))
 	b.Disconnect(250)
 
+	// A device mid-session: begun, memento and phase committed, never ended.
+	dev := sessionDevice(t, first.url(), token, "shop")
+	begun, err := dev.Begin(context.Background())
+	require.NoError(t, err)
+	phase := "test_started"
+	require.NoError(t, dev.Remember(context.Background(), map[string]int{"item": 4}, &phase))
+
 	require.NoError(t, first.cmd.Process.Kill())
 	state := first.wait(t, 5*time.Second)
 	require.False(t, state.Success(), "kill -9 is not a clean exit: %s", state)
@@ -259,6 +267,27 @@ func TestRestartAfterKill(t *testing.T) {
 		require.Equal(t, "sessions/alice/room/state", msg.Topic())
 		require.Equal(t, retained, string(msg.Payload()))
 		require.True(t, msg.Retained())
+	})
+
+	t.Run("session survives", func(t *testing.T) {
+		out, _, err := cli(t, "sessions", "show", "alice/shop", "--json", "--data-dir", dir)
+		require.NoError(t, err)
+		var s struct {
+			State, Nonce, Phase string
+			Memento             json.RawMessage
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &s))
+		require.Equal(t, "detached", s.State, "no connection survives a restart")
+		require.Equal(t, begun.Nonce, s.Nonce)
+		require.Equal(t, "test_started", s.Phase)
+		require.JSONEq(t, `{"item":4}`, string(s.Memento))
+
+		again := sessionDevice(t, second.url(), token, "shop")
+		resumed, err := again.Begin(context.Background())
+		require.NoError(t, err)
+		require.True(t, resumed.Crashed)
+		require.Equal(t, "test_started", resumed.Phase)
+		require.JSONEq(t, `{"item":4}`, string(resumed.Memento))
 	})
 
 	t.Run("clean=false subscription survives", func(t *testing.T) {
@@ -313,4 +342,17 @@ func TestServeSIGTERM(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(stdout), &toks))
 	require.Len(t, toks, 1)
 	require.Equal(t, "alice", toks[0].User)
+}
+
+// sessionDevice dials a session with the Go client; it stays connected
+// until the test ends (the broker under it may be killed first).
+func sessionDevice(t *testing.T, url, token, session string) *client.Client {
+	cfg := client.DefaultConfig()
+	cfg.URL, cfg.User, cfg.Token, cfg.Session, cfg.ManualPing = url, "alice", token, session, true
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c
 }
