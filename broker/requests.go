@@ -142,6 +142,8 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		return wire.Errorf(wire.CodeSessionExpired, "session %s/%s is past its deadline", user, name)
 	case errors.Is(err, sessions.ErrTooLarge):
 		return wire.Errorf(wire.CodeTooLarge, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
+	case errors.Is(err, sessions.ErrTooManySessions):
+		return wire.Errorf(wire.CodeForbidden, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
 	case errors.Is(err, sessions.ErrInvalid):
 		return wire.Errorf(wire.CodeBadRequest, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
 	case errors.Is(err, nonce.ErrUnknownMethod):

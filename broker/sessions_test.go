@@ -394,3 +394,25 @@ func TestOtherUsersSessionIsNotReachable(t *testing.T) {
 	_, err := b.Sessions().Get("alice", "box")
 	require.True(t, errors.Is(err, sessions.ErrNotFound), "no session was created: %v", err)
 }
+
+func TestSessionsPerUserCap(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.Sessions.MaxSessionsPerUser = 2
+	b := brokertest.Start(t, cfg)
+	url := "tcp://" + b.Addrs().MQTT
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	for _, name := range []string{"one", "two"} {
+		_, err := device(t, url, "alice", token, name).Begin(ctx(t))
+		require.NoError(t, err)
+	}
+	_, err := device(t, url, "alice", token, "three").Begin(ctx(t))
+	var ce *client.Error
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "forbidden", string(ce.Code))
+	require.Contains(t, ce.Message, "limit")
+	_, err = device(t, url, "alice", token, "one").Begin(ctx(t))
+	require.NoError(t, err, "existing sessions are not affected")
+	names, err := b.Sessions().Names("alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{"one", "two"}, names)
+}

@@ -18,6 +18,9 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		if err := r.expireIfDue(e, now); err != nil {
 			return err
 		}
+		if _, err := r.admitNew(e); err != nil {
+			return err
+		}
 		pol := policyFor(&e.s, r.cfg.Rules, r.cfg.DefaultPolicy)
 		if pol.Mode == Exclusive && e.s.live() && e.conn != 0 && e.conn != conn {
 			_ = r.commit(e, e.s, Event{Kind: "busy", Detail: map[string]any{"conn": conn, "holder": e.conn}})

@@ -41,8 +41,11 @@ type Config struct {
 	MaxMemento    int           // bytes of JSON
 	MaxCursor     int           // bytes of JSON
 	MaxPhase      int           // bytes
-	Logger        *slog.Logger
-	Now           func() time.Time // nil: time.Now
+	// MaxSessionsPerUser caps the sessions a user may hold; creating one more
+	// (by begin or by notifying a new name) fails with ErrTooManySessions.
+	MaxSessionsPerUser int
+	Logger             *slog.Logger
+	Now                func() time.Time // nil: time.Now
 }
 
 // DefaultConfig returns the defaults used by `broker serve`.
@@ -56,6 +59,8 @@ func DefaultConfig() Config {
 		MaxMemento:    16 << 10,
 		MaxCursor:     1 << 10,
 		MaxPhase:      128,
+
+		MaxSessionsPerUser: 1000,
 	}
 }
 
@@ -70,7 +75,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("sessions: idle evict %s: want positive", c.IdleEvict)
 	case c.Retention.MaxEvents < 1:
 		return fmt.Errorf("sessions: journal max events %d: want at least 1", c.Retention.MaxEvents)
-	case c.MaxMemento < 1 || c.MaxCursor < 1 || c.MaxPhase < 1:
+	case c.MaxMemento < 1 || c.MaxCursor < 1 || c.MaxPhase < 1 || c.MaxSessionsPerUser < 1:
 		return errors.New("sessions: size limits must be positive")
 	}
 	if err := c.DefaultPolicy.Validate(); err != nil {
@@ -272,6 +277,52 @@ func (r *Registry) Exec(user, name string, conn Conn, nonce string, fn func(tx p
 		}
 		return err
 	})
+}
+
+// Update runs fn on user/name outside any instance — the application's
+// and notifiers' side: no nonce is checked, and a session that does not
+// exist yet is created in state new (subject to MaxSessionsPerUser) and
+// stored with fn's change. Like Exec, fn runs in one store transaction
+// with a copy of the record and nothing is written if it fails.
+func (r *Registry) Update(user, name string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
+	return r.with(user, name, func(e *entry) error {
+		isNew, err := r.admitNew(e)
+		if err != nil {
+			return err
+		}
+		ns := e.s
+		var ch Change
+		err = r.store.Update(func(tx persistence.Txn) error {
+			var err error
+			if ch, err = fn(tx, &ns); err != nil || !(ch.Changed || isNew) {
+				return err
+			}
+			return r.write(tx, &ns, ch.Events)
+		})
+		if err == nil && (ch.Changed || isNew) {
+			e.s = ns
+		}
+		return err
+	})
+}
+
+// admitNew reports whether e's session is not stored yet, and refuses it
+// when its user already holds MaxSessionsPerUser sessions.
+func (r *Registry) admitNew(e *entry) (bool, error) {
+	if e.s.Journal.Next != 0 || e.s.State != StateNew {
+		return false, nil // journaled, so stored
+	}
+	if _, err := r.read(e.s.User, e.s.Name); !errors.Is(err, ErrNotFound) {
+		return false, err
+	}
+	names, err := r.Names(e.s.User)
+	if err != nil {
+		return false, err
+	}
+	if len(names) >= r.cfg.MaxSessionsPerUser {
+		return false, fmt.Errorf("%w: %s holds %d, the limit", ErrTooManySessions, e.s.User, len(names))
+	}
+	return true, nil
 }
 
 // with runs fn with the entry of user/name locked.

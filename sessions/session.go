@@ -26,13 +26,13 @@ const (
 
 // Errors returned by the registry; the broker maps each to a wire error code.
 var (
-	ErrStaleNonce   = errors.New("sessions: stale nonce")
-	ErrBusy         = errors.New("sessions: session busy")
-	ErrExpired      = errors.New("sessions: session expired")
-	ErrNotFound     = errors.New("sessions: no such session")
-	ErrTooLarge     = errors.New("sessions: value too large")
-	ErrInvalid      = errors.New("sessions: invalid argument")
-	ErrTooManyUsers = errors.New("sessions: too many sessions for user")
+	ErrStaleNonce      = errors.New("sessions: stale nonce")
+	ErrBusy            = errors.New("sessions: session busy")
+	ErrExpired         = errors.New("sessions: session expired")
+	ErrNotFound        = errors.New("sessions: no such session")
+	ErrTooLarge        = errors.New("sessions: value too large")
+	ErrInvalid         = errors.New("sessions: invalid argument")
+	ErrTooManySessions = errors.New("sessions: too many sessions for user")
 )
 
 // Conn identifies one MQTT connection for the life of the broker process.
