@@ -76,6 +76,9 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 	if afterCallCommit != nil && !out.Cached {
 		afterCallCommit(user, name, req.Seq)
 	}
+	for _, fn := range out.After {
+		fn()
+	}
 	return out.Reply, nil
 }
 

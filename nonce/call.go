@@ -29,7 +29,12 @@ type Call struct {
 
 	phase *string
 	tx    persistence.Txn
+	after []func()
 }
+
+// AfterCommit registers fn to run once the call has committed (never if it
+// aborts): for parts whose effects must reach devices only when durable.
+func (c *Call) AfterCommit(fn func()) { c.after = append(c.after, fn) }
 
 // SetPhase sets the session's phase when the call commits.
 func (c *Call) SetPhase(phase string) { c.phase = &phase }
@@ -55,6 +60,7 @@ type Outcome struct {
 	Cached  bool            // a stored reply: the handler did not run
 	Phase   *string         // set by the handler
 	Memento json.RawMessage // to store with the call (nil: leave as is)
+	After   []func()        // to run after the caller's commit
 }
 
 // Execute is the call procedure, inside the caller's transaction tx and
@@ -88,7 +94,7 @@ func Execute(ctx context.Context, tx persistence.Txn, user, session string, last
 	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, OK: raw, At: now}, keep); err != nil {
 		return Outcome{}, err
 	}
-	return Outcome{Reply: raw, Phase: c.phase, Memento: req.Memento}, nil
+	return Outcome{Reply: raw, Phase: c.phase, Memento: req.Memento, After: c.after}, nil
 }
 
 // HandlerError is a call's handler failing (or panicking): the call was
