@@ -92,6 +92,9 @@ func Open(cfg Config) (_ *Broker, err error) {
 	}
 	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry}
 	b.calls = &calls{registry: b.registry, keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
+	for method, h := range cfg.Handlers {
+		b.calls.handlers[method] = h
+	}
 	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv}
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets

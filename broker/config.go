@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/sessions"
 )
 
@@ -44,6 +45,10 @@ type Config struct {
 
 	RepliesKept uint64        // exactly-once replies kept per session (retries within this many calls get the stored reply)
 	CallTimeout time.Duration // context deadline given to call handlers
+
+	// Handlers are the exactly-once call handlers by method, in place when
+	// the broker starts serving (Broker.Handle adds more later).
+	Handlers map[string]nonce.Handler
 
 	// Sessions tunes the session registry (ticks, sweep, journal, policies).
 	Sessions sessions.Config

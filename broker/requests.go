@@ -148,7 +148,7 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		return wire.Errorf(wire.CodeBadRequest, "%s", strings.TrimPrefix(err.Error(), "sessions: "))
 	case errors.Is(err, nonce.ErrUnknownMethod):
 		return wire.Errorf(wire.CodeUnknownMethod, "%v", err)
-	case errors.Is(err, nonce.ErrSeqTooOld):
+	case errors.Is(err, nonce.ErrSeqTooOld), errors.Is(err, nonce.ErrSeqReused):
 		return wire.Errorf(wire.CodeBadRequest, "%v", err)
 	case errors.Is(err, errNotYet):
 		return wire.Errorf(wire.CodeBadRequest, "op %s is not supported by this broker", op)

@@ -150,7 +150,10 @@ func (e Event) String() string {
 type Client struct {
 	cfg    Config
 	mqtt   paho.Client
-	topics struct{ req, res, sub, tick, presence string }
+	topics struct {
+		req, res, tick, presence string
+		subs                     map[string]byte // filter -> QoS
+	}
 	connID string
 	log    *slog.Logger
 
@@ -207,7 +210,11 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.topics.res = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafRes)
 	c.topics.tick = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafTick)
 	c.topics.presence = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafPresence)
-	c.topics.sub = wire.SessionTopic(cfg.User, cfg.Session, "+")
+	// Explicit topics, not sessions/U/S/+: mochi v2.7.9 reads a topic's
+	// retained path without a lock when a wildcard filter scans it, racing
+	// with the broker's retained presence updates.
+	c.topics.subs = map[string]byte{c.topics.res: 1, c.topics.tick: 0,
+		wire.SessionTopic(cfg.User, cfg.Session, wire.LeafNotify): 1}
 	clientID := cfg.ClientID
 	if clientID == "" {
 		clientID = "tether-" + cfg.User + "-" + randomHex(6)
@@ -242,7 +249,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	case <-c.subscribed:
 	case <-ctx.Done():
 		c.mqtt.Disconnect(0)
-		return nil, fmt.Errorf("client: subscribe %s: %w", c.topics.sub, context.Cause(ctx))
+		return nil, fmt.Errorf("client: subscribe to %s: %w", c.topics.res, context.Cause(ctx))
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lastTick.Store(time.Now().UnixNano())
@@ -255,9 +262,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 // onConnect runs after every (re)connect: a clean session has no
 // subscriptions, so subscribe again, then resend what is safe to resend.
 func (c *Client) onConnect(m paho.Client) {
-	tok := m.Subscribe(c.topics.sub, 1, c.onMessage)
+	tok := m.SubscribeMultiple(c.topics.subs, c.onMessage)
 	if !tok.WaitTimeout(c.cfg.RequestTimeout) || tok.Error() != nil {
-		c.log.Warn("subscribe failed", "topic", c.topics.sub, "error", tok.Error())
+		c.log.Warn("subscribe failed", "error", tok.Error())
 		return
 	}
 	gen := c.gen.Add(1)

@@ -1,7 +1,9 @@
 package nonce
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 var (
 	ErrUnknownMethod = errors.New("nonce: unknown method")
 	ErrSeqTooOld     = errors.New("nonce: seq older than the reply cache")
+	ErrSeqReused     = errors.New("nonce: seq already used by a different call")
 )
 
 // Call is one exactly-once call as its handler sees it. Everything it
@@ -71,7 +74,11 @@ type Outcome struct {
 // of the last keep seqs. The caller commits (or, on error, discards) tx.
 func Execute(ctx context.Context, tx persistence.Txn, user, session string, lastSeq uint64, req Request,
 	handlers func(method string) (Handler, bool), keep uint64, now time.Time) (Outcome, error) {
+	sum := sha256.Sum256(append([]byte(req.Method+"\x00"), req.Args...))
 	if r, ok, err := GetReply(tx, user, session, req.Seq); err != nil || ok {
+		if err == nil && (r.Method != req.Method || !bytes.Equal(r.Args, sum[:])) {
+			return Outcome{}, fmt.Errorf("%w: seq %d was %s with other arguments; retry it unchanged or begin again", ErrSeqReused, req.Seq, r.Method)
+		}
 		return Outcome{Reply: r.OK, Cached: true}, err
 	}
 	if req.Seq <= lastSeq {
@@ -91,7 +98,7 @@ func Execute(ctx context.Context, tx persistence.Txn, user, session string, last
 	if err != nil {
 		return Outcome{}, fmt.Errorf("nonce: encode reply of %s: %w", req.Method, err)
 	}
-	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, OK: raw, At: now}, keep); err != nil {
+	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, Args: sum[:], OK: raw, At: now}, keep); err != nil {
 		return Outcome{}, err
 	}
 	return Outcome{Reply: raw, Phase: c.phase, Memento: req.Memento, After: c.after}, nil

@@ -19,6 +19,7 @@ import (
 type Reply struct {
 	Seq    uint64          `json:"seq"`
 	Method string          `json:"method"`
+	Args   []byte          `json:"args_sha256"` // so a reused seq with other arguments is refused, not answered
 	OK     json.RawMessage `json:"ok"`
 	At     time.Time       `json:"at"`
 }
