@@ -1,0 +1,128 @@
+package queues_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
+)
+
+// ack acknowledges up to upto in its own transaction.
+func ack(t testing.TB, s *persistence.Store, upto uint64, max int) (int, bool, error) {
+	t.Helper()
+	var removed int
+	var more bool
+	err := s.Update(func(tx persistence.Txn) error {
+		var err error
+		removed, more, err = queues.Ack(tx, user, sess, upto, max)
+		return err
+	})
+	return removed, more, err
+}
+
+func TestAckCumulative(t *testing.T) {
+	s := openStore(t)
+	for i := range 10 {
+		enqueue(t, s, msg(i), queues.DefaultLimits(), t0)
+	}
+	removed, more, err := ack(t, s, 4, 0)
+	require.NoError(t, err)
+	require.Equal(t, 4, removed)
+	require.False(t, more)
+	require.Equal(t, []uint64{5, 6, 7, 8, 9, 10}, seqs(readAll(t, s, t0)))
+	m := getMeta(t, s)
+	require.Equal(t, uint64(4), m.Acked)
+	require.Equal(t, 6, m.Count)
+	require.Empty(t, m.Dropped, "acknowledged entries are not drops")
+	checkInvariants(t, s)
+
+	t.Run("idempotent", func(t *testing.T) {
+		before := dump(t, s)
+		for _, upto := range []uint64{0, 1, 3, 4} {
+			removed, more, err := ack(t, s, upto, 0)
+			require.NoError(t, err)
+			require.Zero(t, removed)
+			require.False(t, more)
+			require.Equal(t, before, dump(t, s), "ack %d", upto)
+		}
+	})
+	t.Run("beyond the last seq is refused and changes nothing", func(t *testing.T) {
+		before := dump(t, s)
+		for _, upto := range []uint64{11, 1 << 40, ^uint64(0)} {
+			_, _, err := ack(t, s, upto, 0)
+			require.ErrorIs(t, err, queues.ErrInvalid)
+			require.ErrorContains(t, err, "the last seq assigned is 10")
+			require.Equal(t, before, dump(t, s))
+		}
+	})
+	t.Run("up to the last seq empties the queue", func(t *testing.T) {
+		removed, _, err := ack(t, s, 10, 0)
+		require.NoError(t, err)
+		require.Equal(t, 6, removed)
+		require.Equal(t, queues.Meta{NextSeq: 11, Acked: 10}, getMeta(t, s))
+		require.Empty(t, readAll(t, s, t0))
+		checkInvariants(t, s)
+	})
+}
+
+// TestAckOverGaps acknowledges seqs whose entries were dropped: Acked still
+// moves to upto, and only the entries still stored count as removed.
+func TestAckOverGaps(t *testing.T) {
+	s := openStore(t)
+	lim := limits(2, 1<<20, queues.DropOldest)
+	for i := range 6 { // 1-4 dropped, 5 and 6 stored
+		enqueue(t, s, msg(i), lim, t0)
+	}
+	removed, _, err := ack(t, s, 3, 0)
+	require.NoError(t, err)
+	require.Zero(t, removed)
+	require.Equal(t, uint64(3), getMeta(t, s).Acked)
+	removed, _, err = ack(t, s, 5, 0)
+	require.NoError(t, err)
+	require.Equal(t, 1, removed)
+	require.Equal(t, []uint64{6}, seqs(readAll(t, s, t0)))
+	checkInvariants(t, s)
+}
+
+// TestAckInBatches: one call removes at most max entries and raises Acked
+// only past what it removed.
+func TestAckInBatches(t *testing.T) {
+	s := openStore(t)
+	lim := limits(100, 1<<20, queues.DropOldest)
+	for i := range 10 {
+		enqueue(t, s, msg(i), lim, t0)
+	}
+	removed, more, err := ack(t, s, 9, 3)
+	require.NoError(t, err)
+	require.Equal(t, 3, removed)
+	require.True(t, more)
+	require.Equal(t, uint64(3), getMeta(t, s).Acked, "up to just below the first entry left")
+	require.Equal(t, []uint64{4, 5, 6, 7, 8, 9, 10}, seqs(readAll(t, s, t0)))
+
+	removed, more, err = ack(t, s, 9, 3)
+	require.NoError(t, err)
+	require.Equal(t, 3, removed)
+	require.True(t, more)
+	require.Equal(t, uint64(6), getMeta(t, s).Acked)
+
+	removed, more, err = ack(t, s, 9, 3) // exactly the last ones: nothing left below upto
+	require.NoError(t, err)
+	require.Equal(t, 3, removed)
+	require.False(t, more)
+	require.Equal(t, uint64(9), getMeta(t, s).Acked)
+	require.Equal(t, []uint64{10}, seqs(readAll(t, s, t0)))
+	checkInvariants(t, s)
+}
+
+func TestAckOnEmptyQueue(t *testing.T) {
+	s := openStore(t)
+	removed, more, err := ack(t, s, 0, 0)
+	require.NoError(t, err)
+	require.Zero(t, removed)
+	require.False(t, more)
+	_, _, err = ack(t, s, 1, 0)
+	require.ErrorIs(t, err, queues.ErrInvalid)
+	require.Empty(t, dump(t, s))
+}
