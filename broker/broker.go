@@ -32,7 +32,10 @@ type Broker struct {
 	tokens   *auth.Tokens
 	registry *sessions.Registry
 	calls    *calls
+	delivery *delivery
 	admin    *Admin
+	stop     context.CancelFunc // background loops
+	wg       sync.WaitGroup
 	srv      *mqtt.Server
 	metrics  *metrics
 
@@ -91,14 +94,16 @@ func Open(cfg Config) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry}
-	b.calls = &calls{registry: b.registry, keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
+	b.calls = &calls{registry: b.registry, limits: cfg.Sessions, log: log.With("component", "calls"), keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
 	for method, h := range cfg.Handlers {
 		b.calls.handlers[method] = h
 	}
+	b.delivery = &delivery{store: b.store, registry: b.registry, out: out, limits: cfg.QueueLimits, rules: cfg.QueueRules,
+		window: cfg.DeliveryWindow, metrics: newQueueMetrics(b.metrics.reg), cursor: map[string]*cursor{}}
 	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv}
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets
-		&sessionHook{access: acc, registry: b.registry, calls: b.calls, out: out, log: log.With("component", "sessions")},
+		&sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, out: out, log: log.With("component", "sessions")},
 		&mqttState{store: b.store, log: log.With("component", "mqtt-state")},
 	}
 	for _, h := range hooks {
@@ -126,6 +131,10 @@ func Open(cfg Config) (_ *Broker, err error) {
 		_ = b.srv.Close()
 		return nil, err
 	}
+	ctx, stop := context.WithCancel(context.Background())
+	b.stop = stop
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.delivery.expireLoop(ctx, cfg.Sessions.SweepInterval) }()
 	b.ready.Store(true)
 	log.Info("tether started", "data_dir", cfg.DataDir, "mqtt", b.mqttLn.Addr().String(),
 		"ws", addrOf(b.wsLn), "http", addrOf(b.httpLn), "tls", cfg.TLSCertFile != "")
@@ -233,6 +242,10 @@ func (b *Broker) Close() error {
 		case <-done:
 		case <-ctx.Done():
 			b.log.Warn("shutdown timeout: closing the store with clients still finishing")
+		}
+		if b.stop != nil {
+			b.stop()
+			b.wg.Wait()
 		}
 		b.registry.Close()
 		if b.httpSrv != nil {

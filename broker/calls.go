@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -16,11 +18,24 @@ import (
 // calls runs exactly-once calls with the application's handlers.
 type calls struct {
 	registry *sessions.Registry
+	limits   sessions.Config // MaxMemento and MaxPhase apply to calls too
+	log      *slog.Logger
 	keep     uint64 // replies kept per session
 	timeout  time.Duration
 
 	mu       sync.RWMutex
 	handlers map[string]nonce.Handler
+
+	// users serialises the calls of one user (striped by name): they share
+	// the user's application state, and running them one at a time avoids
+	// transaction conflicts that would otherwise re-run handlers.
+	users [64]sync.Mutex
+}
+
+func (c *calls) userLock(user string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(user))
+	return &c.users[h.Sum32()%uint32(len(c.users))]
 }
 
 func (c *calls) lookup(method string) (nonce.Handler, bool) {
@@ -32,7 +47,10 @@ func (c *calls) lookup(method string) (nonce.Handler, bool) {
 
 // Handle registers h as the handler of call method; a later Handle for the
 // same method replaces it. Handlers run on the caller's connection: keep
-// them short. Everything a handler does through its Call (state, phase,
+// them short. A handler may run more than once for one call when its
+// transaction conflicts with another and is retried; only the run that
+// commits counts, so keep effects inside the Call (state, phase,
+// AfterCommit). Everything a handler does through its Call (state, phase,
 // notifications) commits atomically with the call's memento and reply.
 func (b *Broker) Handle(method string, h nonce.Handler) {
 	b.calls.mu.Lock()
@@ -43,11 +61,14 @@ func (b *Broker) Handle(method string, h nonce.Handler) {
 // run executes a call request under the current instance of user/name and
 // returns the reply's ok value.
 func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (json.RawMessage, error) {
-	if len(req.Memento) > sessions.DefaultConfig().MaxMemento {
-		return nil, wire.Errorf(wire.CodeTooLarge, "memento is %d bytes; the limit is %d", len(req.Memento), sessions.DefaultConfig().MaxMemento)
+	if len(req.Memento) > c.limits.MaxMemento {
+		return nil, wire.Errorf(wire.CodeTooLarge, "memento is %d bytes; the limit is %d", len(req.Memento), c.limits.MaxMemento)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
+	mu := c.userLock(user)
+	mu.Lock()
+	defer mu.Unlock()
 	var out nonce.Outcome
 	err := c.registry.Exec(user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
 		o, err := nonce.Execute(ctx, tx, user, name, s.LastCallSeq, nonce.Request{
@@ -65,6 +86,9 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 			detail["memento"] = o.Memento
 		}
 		if o.Phase != nil {
+			if len(*o.Phase) > c.limits.MaxPhase {
+				return sessions.Change{}, fmt.Errorf("%w: phase set by %s is %d bytes, limit %d", sessions.ErrTooLarge, req.Method, len(*o.Phase), c.limits.MaxPhase)
+			}
 			s.Phase = *o.Phase
 			detail["phase"] = *o.Phase
 		}

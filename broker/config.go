@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path"
 	"time"
 
 	"github.com/f47fa0da/tether/nonce"
+	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
 )
 
@@ -50,6 +52,14 @@ type Config struct {
 	// the broker starts serving (Broker.Handle adds more later).
 	Handlers map[string]nonce.Handler
 
+	// QueueLimits bound every session's notification queue unless a
+	// QueueRules pattern (or LimitQueue) says otherwise.
+	QueueLimits queues.Limits
+	QueueRules  []QueueRule
+	// DeliveryWindow is how many notifications may be sent to a device and
+	// not yet acknowledged; more follow as it acks.
+	DeliveryWindow int
+
 	// Sessions tunes the session registry (ticks, sweep, journal, policies).
 	Sessions sessions.Config
 
@@ -75,6 +85,8 @@ func DefaultConfig() Config {
 		GCInterval:       5 * time.Minute,
 		Sessions:         sessions.DefaultConfig(),
 		RepliesKept:      1000,
+		QueueLimits:      queues.DefaultLimits(),
+		DeliveryWindow:   256,
 		CallTimeout:      10 * time.Second,
 	}
 }
@@ -127,6 +139,20 @@ func (c Config) Validate() error {
 		return fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout)
 	case c.GCInterval <= 0:
 		return fmt.Errorf("gc-interval: must be positive, got %s", c.GCInterval)
+	}
+	if err := c.QueueLimits.Validate(); err != nil {
+		return fmt.Errorf("queue limits: %w", err)
+	}
+	for _, r := range c.QueueRules {
+		if _, err := path.Match(r.Pattern, ""); err != nil {
+			return fmt.Errorf("queue-rules: pattern %q: %v", r.Pattern, err)
+		}
+		if err := r.Limits.Validate(); err != nil {
+			return fmt.Errorf("queue-rules: %q: %w", r.Pattern, err)
+		}
+	}
+	if c.DeliveryWindow < 1 || c.DeliveryWindow > queues.MaxBatch {
+		return fmt.Errorf("delivery-window: must be 1..%d, got %d", queues.MaxBatch, c.DeliveryWindow)
 	}
 	if c.RepliesKept < 1 {
 		return errors.New("replies-kept: must be at least 1")

@@ -64,3 +64,8 @@ func (o *outbox) Tick(user, name string, t sessions.Tick) {
 func (o *outbox) Presence(user, name string, p sessions.Presence) {
 	o.publish(wire.SessionTopic(user, name, wire.LeafPresence), p, 1, true, packets.Properties{})
 }
+
+// publishQoS1 sends v on topic at QoS 1, not retained.
+func (o *outbox) publishQoS1(topic string, v any) {
+	o.publish(topic, v, 1, false, packets.Properties{})
+}

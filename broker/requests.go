@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/f47fa0da/tether/nonce"
+	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/wire"
 )
@@ -25,6 +26,7 @@ type sessionHook struct {
 	access   *access
 	registry *sessions.Registry
 	calls    *calls
+	delivery *delivery
 	out      *outbox
 	log      *slog.Logger
 
@@ -67,6 +69,9 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if cl.Net.Inline {
 		return pk, nil
 	}
+	if strings.HasPrefix(pk.TopicName, wire.NotifyRoot+"/") {
+		return pk, h.notify(cl, pk) // the access hook let only services through
+	}
 	user, name, leaf, ok := wire.ParseSessionTopic(pk.TopicName)
 	if !ok {
 		return pk, nil
@@ -96,7 +101,7 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 	)
 	switch req.Op {
 	case wire.OpBegin:
-		ok, err = h.registry.Begin(user, name, conn)
+		ok, err = h.begin(user, name, conn)
 	case wire.OpPing:
 		ok, err = h.registry.Ping(user, name, conn, req.Nonce, req.Cursor)
 	case wire.OpRemember:
@@ -107,6 +112,10 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 		ok = struct{}{}
 	case wire.OpCall:
 		ok, err = h.calls.run(user, name, conn, req)
+	case wire.OpAck:
+		var n int
+		n, err = h.delivery.ack(user, name, conn, req.Nonce, *req.Upto)
+		ok = map[string]any{"acked": *req.Upto, "removed": n}
 	default:
 		err = errNotYet
 	}
@@ -118,6 +127,26 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 
 var errNotYet = errors.New("broker: op not supported by this broker")
 
+// begun is the begin reply: the session's instance and its queue.
+type begun struct {
+	sessions.BeginResult
+	queueInfo
+}
+
+// begin starts an instance, then delivers the queue from the last acked seq.
+func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) {
+	res, err := h.registry.Begin(user, name, conn)
+	if err != nil {
+		return nil, err
+	}
+	qi, err := h.delivery.info(user, name)
+	if err != nil {
+		return nil, err
+	}
+	h.delivery.restart(user, name)
+	return begun{res, qi}, nil
+}
+
 // wireError maps an error from the parts to the closed set of wire codes;
 // this is the one place that mapping lives.
 func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
@@ -126,6 +155,9 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		he *nonce.HandlerError
 	)
 	switch {
+	case errors.As(err, &he) && he.Stack != nil:
+		h.log.Error("call handler panicked", "session", user+"/"+name, "method", he.Method, "panic", he.Err, "stack", string(he.Stack))
+		return wire.Errorf(wire.CodeInternal, "%s failed inside the application; nothing was committed", he.Method)
 	case errors.As(err, &he):
 		var app *wire.Error // a handler may choose its code
 		if errors.As(he.Err, &app) {
@@ -150,6 +182,8 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		return wire.Errorf(wire.CodeUnknownMethod, "%v", err)
 	case errors.Is(err, nonce.ErrSeqTooOld), errors.Is(err, nonce.ErrSeqReused):
 		return wire.Errorf(wire.CodeBadRequest, "%v", err)
+	case errors.Is(err, queues.ErrFull), errors.Is(err, queues.ErrTooLarge), errors.Is(err, queues.ErrBadMessage), errors.Is(err, queues.ErrInvalid):
+		return wire.Errorf(queueErrorCode(err), "%s", strings.TrimPrefix(err.Error(), "queues: "))
 	case errors.Is(err, errNotYet):
 		return wire.Errorf(wire.CodeBadRequest, "op %s is not supported by this broker", op)
 	}

@@ -121,8 +121,18 @@ type Begun struct {
 	NextSeq     uint64          `json:"next_seq"`
 	// TickIntervalMs and LivenessMs are the broker's timings for this
 	// session; the client paces its pings and its watchdog by them.
-	TickIntervalMs int64 `json:"tick_interval_ms"`
-	LivenessMs     int64 `json:"liveness_ms"`
+	TickIntervalMs int64  `json:"tick_interval_ms"`
+	LivenessMs     int64  `json:"liveness_ms"`
+	Acked          uint64 `json:"acked"`  // highest notification seq acknowledged so far
+	Queued         int    `json:"queued"` // notifications waiting; they follow the reply
+}
+
+// Notification is one message from the session's queue. Seqs only grow;
+// gaps mean entries were dropped by the queue's policy or expired.
+type Notification struct {
+	Seq  uint64
+	Data json.RawMessage
+	Time time.Time // when it was enqueued
 }
 
 // Event is a change in the link to the broker as the device sees it.
@@ -151,8 +161,8 @@ type Client struct {
 	cfg    Config
 	mqtt   paho.Client
 	topics struct {
-		req, res, tick, presence string
-		subs                     map[string]byte // filter -> QoS
+		req, res, tick, notify, presence string
+		subs                             map[string]byte // filter -> QoS
 	}
 	connID string
 	log    *slog.Logger
@@ -167,6 +177,11 @@ type Client struct {
 
 	ticks    chan Tick
 	events   chan Event
+	notes    chan Notification
+	inbox    chan wire.Notification // arrival order = the broker's seq order
+	lastSeq  atomic.Uint64          // highest seq passed to the application
+	ackWant  atomic.Uint64          // highest seq the application handled
+	ackKick  chan struct{}
 	lastTick atomic.Int64 // unix nanos
 	lost     atomic.Bool
 	interval atomic.Int64 // ping and watchdog period, nanos
@@ -174,9 +189,10 @@ type Client struct {
 	gen        atomic.Uint64 // connections made so far
 	subscribed chan struct{} // closed once the first subscription is in place
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
 type pending struct {
@@ -201,6 +217,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg, pending: map[string]*pending{}, ticks: make(chan Tick, 16), events: make(chan Event, 16),
+		notes: make(chan Notification), inbox: make(chan wire.Notification, 4096), ackKick: make(chan struct{}, 1),
 		log: cfg.Logger, subscribed: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -213,8 +230,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	// Explicit topics, not sessions/U/S/+: mochi v2.7.9 reads a topic's
 	// retained path without a lock when a wildcard filter scans it, racing
 	// with the broker's retained presence updates.
-	c.topics.subs = map[string]byte{c.topics.res: 1, c.topics.tick: 0,
-		wire.SessionTopic(cfg.User, cfg.Session, wire.LeafNotify): 1}
+	c.topics.notify = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafNotify)
+	c.topics.subs = map[string]byte{c.topics.res: 1, c.topics.tick: 0, c.topics.notify: 1}
 	clientID := cfg.ClientID
 	if clientID == "" {
 		clientID = "tether-" + cfg.User + "-" + randomHex(6)
@@ -229,7 +246,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetPingTimeout(cfg.KeepAlive).
 		SetConnectTimeout(cfg.RequestTimeout).
 		SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
-		SetOrderMatters(false).
+		SetOrderMatters(true). // our handler never blocks, and notifications must stay in order
 		SetWill(c.topics.presence, string(will), 1, false).
 		SetDefaultPublishHandler(func(paho.Client, paho.Message) {}).
 		SetOnConnectHandler(c.onConnect)
@@ -254,8 +271,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lastTick.Store(time.Now().UnixNano())
 	c.interval.Store(int64(cfg.TickInterval))
-	c.wg.Add(1)
+	c.wg.Add(3)
 	go c.watchdog()
+	go c.deliver()
+	go c.acker()
 	return c, nil
 }
 
@@ -317,6 +336,109 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 			return
 		}
 		c.gotTick(t)
+	case c.topics.notify:
+		var n wire.Notification
+		if err := json.Unmarshal(msg.Payload(), &n); err != nil || n.Seq == 0 {
+			c.log.Warn("undecodable notification", "error", err)
+			return
+		}
+		select {
+		case c.inbox <- n:
+		default:
+			// The broker sends at most its delivery window unacknowledged;
+			// anything beyond is redelivered after the next begin.
+			c.log.Warn("notification inbox full; dropped until redelivered", "seq", n.Seq)
+		}
+	}
+}
+
+// deliver passes notifications to the application in order, each seq once.
+func (c *Client) deliver() {
+	defer c.wg.Done()
+	for {
+		var n wire.Notification
+		select {
+		case <-c.ctx.Done():
+			return
+		case n = <-c.inbox:
+		}
+		if n.Seq <= c.lastSeq.Load() {
+			continue // a redelivery of something already handed over
+		}
+		c.lastSeq.Store(n.Seq)
+		select {
+		case <-c.ctx.Done():
+			return
+		case c.notes <- Notification{Seq: n.Seq, Data: n.Data, Time: time.UnixMilli(n.TS)}:
+		}
+	}
+}
+
+// Notifications delivers the session's notifications in seq order without
+// duplicates. The application acknowledges with Ack (or uses
+// HandleNotifications, which acks for it); unacknowledged ones are
+// delivered again to the next Begin, here or on another device.
+func (c *Client) Notifications() <-chan Notification { return c.notes }
+
+// Ack acknowledges every notification up to seq upto (cumulative); the
+// broker removes them from the queue. It is sent in the background and
+// coalesced, so it never waits for the broker.
+func (c *Client) Ack(upto uint64) {
+	for {
+		cur := c.ackWant.Load()
+		if upto <= cur || c.ackWant.CompareAndSwap(cur, upto) {
+			break
+		}
+	}
+	select {
+	case c.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+// HandleNotifications calls fn for each notification, in order, until ctx
+// ends, acking each after fn returns nil. If fn fails, the notification is
+// not acked: it comes back after the next Begin.
+func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrClosed
+		case n := <-c.notes:
+			if err := fn(n); err != nil {
+				return err
+			}
+			c.Ack(n.Seq)
+		}
+	}
+}
+
+// acker sends the highest wanted ack, one at a time.
+func (c *Client) acker() {
+	defer c.wg.Done()
+	var sent uint64
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.ackKick:
+		}
+		for want := c.ackWant.Load(); want > sent; want = c.ackWant.Load() {
+			nonce := c.Nonce()
+			if nonce == "" {
+				break
+			}
+			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RequestTimeout)
+			err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &want}, true, nil)
+			cancel()
+			if err != nil {
+				c.log.Warn("ack failed; the next begin redelivers", "upto", want, "error", err)
+				break
+			}
+			sent = want
+		}
 	}
 }
 
@@ -414,6 +536,9 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 	c.nonce, c.nextSeq = b.Nonce, b.NextSeq
 	c.mu.Unlock()
 	c.pace(b.TickIntervalMs, b.LivenessMs)
+	// A new instance gets every unacknowledged entry again: hand over from the broker's acked seq.
+	c.lastSeq.Store(b.Acked)
+	c.ackWant.Store(b.Acked)
 	return b, nil
 }
 
@@ -505,9 +630,11 @@ func (c *Client) End(ctx context.Context) error {
 // Close disconnects cleanly (no will) and stops the watchdog. It does not
 // end the session: a later Begin, here or on another device, resumes it.
 func (c *Client) Close() {
-	c.cancel()
-	c.mqtt.Disconnect(250)
-	c.wg.Wait()
+	c.closeOnce.Do(func() {
+		c.cancel()
+		c.mqtt.Disconnect(250)
+		c.wg.Wait()
+	})
 }
 
 // request publishes req and waits for its reply, decoding ok into out.

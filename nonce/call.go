@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/f47fa0da/tether/persistence"
@@ -91,8 +92,12 @@ func Execute(ctx context.Context, tx persistence.Txn, user, session string, last
 	c := &Call{User: user, Session: session, Method: req.Method, Seq: req.Seq, Args: req.Args,
 		State: State{tx: tx, user: user}, tx: tx}
 	res, err := run(ctx, h, c)
+	var he *HandlerError
+	if err != nil && !errors.As(err, &he) {
+		err = &HandlerError{Method: req.Method, Err: err}
+	}
 	if err != nil {
-		return Outcome{}, &HandlerError{Method: req.Method, Err: err}
+		return Outcome{}, err
 	}
 	raw, err := json.Marshal(res)
 	if err != nil {
@@ -109,6 +114,7 @@ func Execute(ctx context.Context, tx persistence.Txn, user, session string, last
 type HandlerError struct {
 	Method string
 	Err    error
+	Stack  []byte // set when the handler panicked: a bug in the handler, not the device
 }
 
 func (e *HandlerError) Error() string { return "nonce: handler " + e.Method + ": " + e.Err.Error() }
@@ -119,7 +125,7 @@ func (e *HandlerError) Unwrap() error { return e.Err }
 func run(ctx context.Context, h Handler, c *Call) (res any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
+			err = &HandlerError{Method: c.Method, Err: fmt.Errorf("panic: %v", p), Stack: debug.Stack()}
 		}
 	}()
 	return h(ctx, c)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,10 @@ import (
 
 // ErrNotFound is returned by Txn.Get when a key has no value.
 var ErrNotFound = errors.New("persistence: not found")
+
+// ErrConflict is returned by Update when concurrent transactions kept
+// writing what fn read, through every retry.
+var ErrConflict = errors.New("persistence: transaction conflict persisted through retries")
 
 // ErrLocked is returned by Open when another process holds the data directory.
 var ErrLocked = errors.New("persistence: data directory is in use by another process")
@@ -125,14 +130,20 @@ func (s *Store) Dir() string { return s.cfg.Dir }
 
 // Update runs fn in a read-write transaction and commits it. When Update
 // returns nil the commit is durable. If fn returns an error nothing is
-// written. A conflict with a concurrent transaction is retried a few times.
+// written. When a concurrent transaction wrote what fn read, fn runs again
+// (with a short, growing, jittered pause) up to 20 times, and then
+// ErrConflict is returned: fn must not keep state across attempts.
 func (s *Store) Update(fn func(Txn) error) error {
 	for attempt := 0; ; attempt++ {
 		err := s.db.Update(func(t *badger.Txn) error { return fn(txn{t}) })
-		if errors.Is(err, badger.ErrConflict) && attempt < 8 {
-			continue
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
 		}
-		return err
+		if attempt == 20 {
+			return ErrConflict
+		}
+		backoff := time.Duration(50*(1<<min(attempt, 6))) * time.Microsecond
+		time.Sleep(backoff/2 + rand.N(backoff))
 	}
 }
 

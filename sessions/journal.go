@@ -3,6 +3,7 @@ package sessions
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -97,7 +98,7 @@ func appendEvent(tx persistence.Txn, s *Session, e Event, keep Retention) error 
 				break
 			}
 			old, err := tx.Get(persistence.Uint64Key(prefix, s.Journal.First))
-			if err != nil && err != persistence.ErrNotFound {
+			if err != nil && !errors.Is(err, persistence.ErrNotFound) {
 				return err
 			}
 			var oe Event

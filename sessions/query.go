@@ -3,6 +3,7 @@ package sessions
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/f47fa0da/tether/persistence"
 	"github.com/f47fa0da/tether/wire"
@@ -101,4 +102,30 @@ func (r *Registry) Touch(user, name string) bool {
 	}
 	_, err := r.load(user, name)
 	return err == nil
+}
+
+// Attached reports whether user/name's current instance is attached to a
+// live connection now (so messages published to it reach a device).
+func (r *Registry) Attached(user, name string) bool {
+	r.mu.Lock()
+	e, ok := r.live[user+"/"+name]
+	r.mu.Unlock()
+	if !ok {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.conn != 0 && e.s.State == StateActive
+}
+
+// LoadedKeys returns the user and name of every session in memory now.
+func (r *Registry) LoadedKeys() [][2]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([][2]string, 0, len(r.live))
+	for k := range r.live {
+		user, name, _ := strings.Cut(k, "/") // names never contain '/'
+		out = append(out, [2]string{user, name})
+	}
+	return out
 }

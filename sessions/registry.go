@@ -216,10 +216,15 @@ func (r *Registry) read(user, name string) (Session, error) {
 // transaction, then makes ns the entry's record. On error the entry is
 // unchanged.
 func (r *Registry) commit(e *entry, ns Session, events ...Event) error {
-	if err := r.store.Update(func(tx persistence.Txn) error { return r.write(tx, &ns, events) }); err != nil {
+	var done Session
+	err := r.store.Update(func(tx persistence.Txn) error {
+		done = ns // afresh on every attempt: a conflict retries this function
+		return r.write(tx, &done, events)
+	})
+	if err != nil {
 		return err
 	}
-	e.s = ns
+	e.s = done
 	return nil
 }
 
@@ -263,9 +268,12 @@ func (r *Registry) Exec(user, name string, conn Conn, nonce string, fn func(tx p
 			return err
 		}
 		e.s.LastSeen = now
-		ns := e.s
-		var ch Change
+		var (
+			ns Session
+			ch Change
+		)
 		err := r.store.Update(func(tx persistence.Txn) error {
+			ns = e.s // afresh on every attempt: a conflict retries this function
 			var err error
 			if ch, err = fn(tx, &ns); err != nil || !ch.Changed {
 				return err
@@ -290,9 +298,12 @@ func (r *Registry) Update(user, name string, fn func(tx persistence.Txn, s *Sess
 		if err != nil {
 			return err
 		}
-		ns := e.s
-		var ch Change
+		var (
+			ns Session
+			ch Change
+		)
 		err = r.store.Update(func(tx persistence.Txn) error {
+			ns = e.s // afresh on every attempt: a conflict retries this function
 			var err error
 			if ch, err = fn(tx, &ns); err != nil || !(ch.Changed || isNew) {
 				return err

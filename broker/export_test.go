@@ -1,0 +1,51 @@
+package broker
+
+import (
+	"errors"
+
+	"github.com/f47fa0da/tether/nonce"
+	"github.com/f47fa0da/tether/persistence"
+)
+
+// SetAfterCallCommit installs f as the hook that runs after a call
+// committed and before its reply is sent (the crash window), and returns a
+// function that puts the previous hook back. Set it before Open and
+// restore it after Close: brokers read it from their client goroutines.
+func SetAfterCallCommit(f func(user, session string, seq uint64)) (restore func()) {
+	old := afterCallCommit
+	afterCallCommit = f
+	return func() { afterCallCommit = old }
+}
+
+// AppState returns the committed application state of user at key (what
+// handlers write through nonce.Call.State), and false if there is none.
+// The key layout is nonce.State's: app/<user>/<key>.
+func (b *Broker) AppState(user, key string) ([]byte, bool, error) {
+	var (
+		v  []byte
+		ok bool
+	)
+	err := b.store.View(func(tx persistence.Txn) error {
+		got, err := tx.Get(append(persistence.Prefix("app", user), key...))
+		if errors.Is(err, persistence.ErrNotFound) {
+			return nil
+		}
+		v, ok = got, err == nil
+		return err
+	})
+	return v, ok, err
+}
+
+// StoredReply returns the reply cached for user/session's call seq.
+func (b *Broker) StoredReply(user, session string, seq uint64) (nonce.Reply, bool, error) {
+	var (
+		r  nonce.Reply
+		ok bool
+	)
+	err := b.store.View(func(tx persistence.Txn) error {
+		var err error
+		r, ok, err = nonce.GetReply(tx, user, session, seq)
+		return err
+	})
+	return r, ok, err
+}

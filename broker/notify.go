@@ -1,0 +1,175 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
+	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/wire"
+)
+
+// notify handles a service's publish on tether/notify/U[/S-or-pattern]:
+// the notification is enqueued (fsynced) before the PUBACK. A refusal is
+// told to MQTT 5 publishers by reason code: 0x97 quota exceeded
+// (queue_full), 0x95 packet too large, 0x99 payload format invalid,
+// 0x87 not authorized (session cap); MQTT 3.1.1 has no negative PUBACK.
+func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
+	rest := strings.TrimPrefix(pk.TopicName, wire.NotifyRoot+"/")
+	user, target, _ := strings.Cut(rest, "/")
+	m, err := queues.DecodeMessage(pk.Payload, 0)
+	if err == nil && !wire.ValidName(user) {
+		err = fmt.Errorf("%w: %s", queues.ErrInvalid, wire.CheckName("user", user))
+	}
+	if err == nil {
+		_, err = h.delivery.notifyMatching(user, target, m)
+	}
+	if err != nil {
+		h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
+		return deny(cl, pk, reasonFor(err))
+	}
+	return packets.CodeSuccessIgnore // acknowledged, not forwarded
+}
+
+func reasonFor(err error) packets.Code {
+	switch queueErrorCode(err) {
+	case wire.CodeQueueFull:
+		return packets.ErrQuotaExceeded
+	case wire.CodeTooLarge:
+		return packets.ErrPacketTooLarge
+	case wire.CodeBadRequest:
+		return packets.ErrPayloadFormatInvalid
+	case wire.CodeForbidden:
+		return packets.ErrNotAuthorized
+	}
+	return packets.ErrUnspecifiedError
+}
+
+// notifyMatching enqueues m for user's session target: a name (created if
+// new), a path.Match pattern over the user's stored sessions, or every
+// stored session when target is empty. It returns how many were notified;
+// the first failure stops it.
+func (d *delivery) notifyMatching(user, target string, m queues.Message) (int, error) {
+	if wire.ValidName(target) {
+		_, err := d.enqueue(user, target, m)
+		if err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	if target != "" {
+		if _, err := path.Match(target, ""); err != nil {
+			return 0, fmt.Errorf("%w: session pattern %q: %v", queues.ErrInvalid, target, err)
+		}
+	}
+	names, err := d.registry.Names(user)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, name := range names {
+		if ok, _ := path.Match(target, name); target == "" || ok {
+			if _, err := d.enqueue(user, name, m); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Notify durably enqueues data (any JSON-encodable value) for user's
+// session, creating the session if it does not exist yet, and returns its
+// seq (0 if the drop_newest policy dropped it). Errors: queues.ErrFull
+// (reject policy), queues.ErrTooLarge, sessions.ErrTooManySessions.
+func (b *Broker) Notify(user, session string, data any) (uint64, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return 0, fmt.Errorf("broker: notify data: %w", err)
+	}
+	e, err := b.Enqueue(user, session, queues.Message{Data: raw})
+	return e.Seq, err
+}
+
+// Enqueue is Notify with a TTL and a collapse key.
+func (b *Broker) Enqueue(user, session string, m queues.Message) (queues.Entry, error) {
+	if err := m.Validate(); err != nil {
+		return queues.Entry{}, err
+	}
+	return b.delivery.enqueue(user, session, m)
+}
+
+// NotifyAll notifies every stored session of user; it returns how many.
+func (b *Broker) NotifyAll(user string, data any) (int, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return 0, fmt.Errorf("broker: notify data: %w", err)
+	}
+	return b.delivery.notifyMatching(user, "", queues.Message{Data: raw})
+}
+
+// LimitQueue sets the limits of user/session's queue (nil: back to the
+// configured ones). Entries above new, lower limits are dropped by the
+// policy as new ones arrive.
+func (b *Broker) LimitQueue(user, session string, l *queues.Limits) error {
+	if l != nil {
+		if err := l.Validate(); err != nil {
+			return err
+		}
+	}
+	return b.registry.Update(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+		detail := map[string]any{"limits": "configured"}
+		if l != nil {
+			detail = map[string]any{"max": l.MaxMessages, "max_bytes": l.MaxBytes, "policy": string(l.Policy)}
+		}
+		return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "queue_limits", Detail: detail}}},
+			queues.SetLimits(tx, user, session, l)
+	})
+}
+
+// Outq returns up to limit entries of user/session's queue, oldest first,
+// without consuming them.
+func (b *Broker) Outq(user, session string, limit int) ([]queues.Entry, error) {
+	if !wire.ValidName(user) || !wire.ValidName(session) {
+		return nil, fmt.Errorf("%w: bad session name %s/%s", queues.ErrInvalid, user, session)
+	}
+	var out []queues.Entry
+	err := b.store.View(func(tx persistence.Txn) error {
+		var err error
+		out, err = queues.Read(tx, user, session, 0, limit, time.Now())
+		return err
+	})
+	return out, err
+}
+
+// SessionInfo is one session as Sessions lists it.
+type SessionInfo struct {
+	Name  string         `json:"name"`
+	State sessions.State `json:"state"`
+	Phase string         `json:"phase,omitempty"`
+	Queue queueInfo      `json:"queue"`
+}
+
+// SessionsOf lists user's sessions with their state and queue depth.
+func (b *Broker) SessionsOf(user string) ([]SessionInfo, error) {
+	list, err := b.registry.List(user)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SessionInfo, 0, len(list))
+	for _, s := range list {
+		qi, err := b.delivery.info(s.User, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, SessionInfo{Name: s.Name, State: s.State, Phase: s.Phase, Queue: qi})
+	}
+	return out, nil
+}

@@ -1,0 +1,283 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
+	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/wire"
+)
+
+// QueueRule applies Limits to the queues of sessions whose names match
+// Pattern (path.Match syntax), first match wins.
+type QueueRule struct {
+	Pattern string        `json:"pattern"`
+	Limits  queues.Limits `json:"limits"`
+}
+
+// delivery moves queue entries to devices: after a begin it sends every
+// entry after the last acked seq, then new ones as they commit, in seq
+// order, QoS 1, never more than Window unacknowledged at once (so neither
+// the broker nor mochi's per-client write queue ever holds a whole queue).
+type delivery struct {
+	store    *persistence.Store
+	registry *sessions.Registry
+	out      *outbox
+	limits   queues.Limits
+	rules    []QueueRule
+	window   int
+	metrics  *queueMetrics
+
+	mu     sync.Mutex
+	cursor map[string]*cursor // by "user/session": the last seq sent to the current instance
+}
+
+type cursor struct {
+	mu   sync.Mutex
+	sent uint64
+}
+
+type queueMetrics struct {
+	enqueued  prometheus.Counter
+	delivered prometheus.Counter
+	acked     prometheus.Counter
+	dropped   *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+}
+
+func newQueueMetrics(reg *prometheus.Registry) *queueMetrics {
+	m := &queueMetrics{
+		enqueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notifications_enqueued_total", Help: "Notifications durably enqueued."}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notifications_delivered_total", Help: "Notifications published to devices (redeliveries included)."}),
+		acked:     prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notifications_acked_total", Help: "Queue entries removed by device acks."}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_notifications_dropped_total",
+			Help: "Queue entries dropped, by reason (overflow_oldest, overflow_newest, collapsed, expired)."}, []string{"reason"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_notifications_rejected_total",
+			Help: "Notifications refused, by code (queue_full, too_large, bad_request, forbidden)."}, []string{"code"}),
+	}
+	reg.MustRegister(m.enqueued, m.delivered, m.acked, m.dropped, m.rejected)
+	return m
+}
+
+// limitsFor returns the configured limits of session name's queue.
+func (d *delivery) limitsFor(name string) queues.Limits {
+	for _, r := range d.rules {
+		if ok, _ := path.Match(r.Pattern, name); ok {
+			return r.Limits
+		}
+	}
+	return d.limits
+}
+
+// dropEvents journals drops and counts them.
+func (d *delivery) dropEvents(drops []queues.Drop) []sessions.Event {
+	events := make([]sessions.Event, 0, len(drops))
+	for _, dr := range drops {
+		d.metrics.dropped.WithLabelValues(string(dr.Reason)).Inc()
+		detail := map[string]any{"seq": dr.Seq, "reason": string(dr.Reason)}
+		if dr.Key != "" {
+			detail["key"] = dr.Key
+		}
+		events = append(events, sessions.Event{Kind: "drop", Detail: detail})
+	}
+	return events
+}
+
+// enqueue durably adds m to user/session's queue (creating the session if
+// new) and starts delivering it. When it returns nil the entry is fsynced.
+func (d *delivery) enqueue(user, session string, m queues.Message) (queues.Entry, error) {
+	var entry queues.Entry
+	err := d.registry.Update(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+		e, drops, err := queues.Enqueue(tx, user, session, m, d.limitsFor(session), time.Now())
+		if err != nil {
+			return sessions.Change{}, err
+		}
+		entry = e
+		events := d.dropEvents(drops)
+		return sessions.Change{Changed: len(events) > 0, Events: events}, nil
+	})
+	if err != nil {
+		d.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
+		return queues.Entry{}, err
+	}
+	if entry.Seq != 0 {
+		d.metrics.enqueued.Inc()
+	}
+	d.pump(user, session)
+	return entry, nil
+}
+
+// ack removes user/session's entries up to upto under the current
+// instance, journals it, and sends what the window now allows.
+func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, upto uint64) (int, error) {
+	total := 0
+	for more := true; more; {
+		err := d.registry.Exec(user, session, conn, nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+			n, m, err := queues.Ack(tx, user, session, upto, queues.MaxBatch)
+			if err != nil {
+				return sessions.Change{}, err
+			}
+			total, more = total+n, m
+			if n == 0 {
+				return sessions.Change{}, nil
+			}
+			return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "ack", Detail: map[string]any{"upto": upto, "removed": n}}}}, nil
+		})
+		if err != nil {
+			return total, err
+		}
+	}
+	d.metrics.acked.Add(float64(total))
+	d.pump(user, session)
+	return total, nil
+}
+
+// restart makes the next pump start after the last acked seq: a new
+// instance gets every unacknowledged entry again.
+func (d *delivery) restart(user, session string) {
+	c := d.cursorFor(user + "/" + session)
+	c.mu.Lock()
+	c.sent = 0
+	c.mu.Unlock()
+	d.pump(user, session)
+}
+
+func (d *delivery) cursorFor(key string) *cursor {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.cursor[key]
+	if !ok {
+		c = &cursor{}
+		d.cursor[key] = c
+	}
+	return c
+}
+
+// pump publishes the next entries of user/session to its device, up to the
+// window, if its instance is attached. Pumps of one session are serialised.
+func (d *delivery) pump(user, session string) {
+	key := user + "/" + session
+	if !d.registry.Attached(user, session) {
+		d.mu.Lock()
+		delete(d.cursor, key) // nothing in flight to anyone: the next begin starts from acked
+		d.mu.Unlock()
+		return
+	}
+	c := d.cursorFor(key)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var entries []queues.Entry
+	err := d.store.View(func(tx persistence.Txn) error {
+		meta, err := queues.GetMeta(tx, user, session)
+		if err != nil {
+			return err
+		}
+		if c.sent < meta.Acked {
+			c.sent = meta.Acked
+		}
+		room := d.window - int(c.sent-meta.Acked)
+		if room <= 0 {
+			return nil
+		}
+		entries, err = queues.Read(tx, user, session, c.sent, room, time.Now())
+		return err
+	})
+	if err != nil {
+		d.out.log.Error("read queue", "session", key, "error", err)
+		return
+	}
+	topic := wire.SessionTopic(user, session, wire.LeafNotify)
+	for _, e := range entries {
+		d.out.publishQoS1(topic, wire.Notification{Seq: e.Seq, Data: e.Data, TS: e.Enqueued.UnixMilli()})
+		c.sent = e.Seq
+	}
+	d.metrics.delivered.Add(float64(len(entries)))
+}
+
+// expireLoop removes expired entries from the queues of loaded sessions
+// every interval (Read already skips them; this frees the space), journaling
+// each as a drop. Queues of sessions not in memory expire when next touched.
+func (d *delivery) expireLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, k := range d.registry.LoadedKeys() {
+			if ctx.Err() != nil {
+				return
+			}
+			d.expire(k[0], k[1])
+		}
+	}
+}
+
+func (d *delivery) expire(user, session string) {
+	if qi, err := d.info(user, session); err != nil || qi.Depth == 0 {
+		return // nothing queued (or never stored): nothing to expire
+	}
+	err := d.registry.Update(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+		drops, err := queues.Expire(tx, user, session, time.Now(), queues.MaxBatch)
+		if err != nil {
+			return sessions.Change{}, err
+		}
+		events := d.dropEvents(drops)
+		return sessions.Change{Changed: len(events) > 0, Events: events}, nil
+	})
+	if err != nil && !errors.Is(err, sessions.ErrTooManySessions) {
+		d.out.log.Error("expire queue", "session", user+"/"+session, "error", err)
+	}
+}
+
+// queueErrorCode maps queue errors to wire codes.
+func queueErrorCode(err error) wire.Code {
+	switch {
+	case errors.Is(err, queues.ErrFull):
+		return wire.CodeQueueFull
+	case errors.Is(err, queues.ErrTooLarge):
+		return wire.CodeTooLarge
+	case errors.Is(err, queues.ErrBadMessage), errors.Is(err, queues.ErrInvalid), errors.Is(err, sessions.ErrInvalid):
+		return wire.CodeBadRequest
+	case errors.Is(err, sessions.ErrTooManySessions):
+		return wire.CodeForbidden
+	}
+	return wire.CodeInternal
+}
+
+// queueInfo is a queue's state for begin replies and inspection.
+type queueInfo struct {
+	Acked   uint64                   `json:"acked"` // highest acked seq
+	NextSeq uint64                   `json:"next_notify_seq"`
+	Depth   int                      `json:"queued"` // entries waiting
+	Bytes   int                      `json:"queued_bytes"`
+	Dropped map[queues.Reason]uint64 `json:"dropped,omitempty"`
+	Limits  queues.Limits            `json:"limits"`
+}
+
+func (d *delivery) info(user, session string) (queueInfo, error) {
+	var qi queueInfo
+	err := d.store.View(func(tx persistence.Txn) error {
+		m, err := queues.GetMeta(tx, user, session)
+		if err != nil {
+			return err
+		}
+		qi = queueInfo{Acked: m.Acked, NextSeq: m.NextSeq, Depth: m.Count, Bytes: m.Bytes, Dropped: m.Dropped,
+			Limits: m.EffectiveLimits(d.limitsFor(session))}
+		return nil
+	})
+	if err != nil {
+		return qi, fmt.Errorf("queue of %s/%s: %w", user, session, err)
+	}
+	return qi, nil
+}
