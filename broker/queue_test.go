@@ -1,0 +1,301 @@
+package broker_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
+
+	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/broker"
+	"github.com/f47fa0da/tether/client"
+	"github.com/f47fa0da/tether/internal/brokertest"
+	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
+)
+
+// notifier is a service-role paho client.
+func notifier(t *testing.T, url, token string) paho.Client {
+	return brokertest.MustConnect(t, brokertest.ClientOptions(url, "app", token))
+}
+
+func notifyMQTT(t *testing.T, n paho.Client, topic string, data any) {
+	t.Helper()
+	payload, err := json.Marshal(map[string]any{"data": data})
+	require.NoError(t, err)
+	require.NoError(t, brokertest.Wait(n.Publish(topic, 1, false, payload)))
+}
+
+// receive reads n notifications from d and returns their seqs and data.
+func receive(t *testing.T, d *client.Client, n int) (seqs []uint64, data []string) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		select {
+		case note := <-d.Notifications():
+			seqs = append(seqs, note.Seq)
+			data = append(data, string(note.Data))
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d of %d notifications: %v", i, n, seqs)
+		}
+	}
+	return seqs, data
+}
+
+func seqRange(from, to uint64) []uint64 {
+	var out []uint64
+	for s := from; s <= to; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestNotifyDeliverAck(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	app := notifier(t, url, brokertest.Token(t, b, "app", auth.RoleService))
+	for i := 1; i <= 5; i++ { // queued before any device exists: creates the session
+		notifyMQTT(t, app, "tether/notify/alice/kitchen", i)
+	}
+	out, err := b.Outq("alice", "kitchen", 0)
+	require.NoError(t, err)
+	require.Len(t, out, 5, "acknowledged means stored")
+
+	d := device(t, url, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "kitchen")
+	begun, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, 5, begun.Queued)
+	seqs, data := receive(t, d, 5)
+	require.Equal(t, seqRange(1, 5), seqs)
+	require.Equal(t, []string{"1", "2", "3", "4", "5"}, data)
+	d.Ack(5)
+	brokertest.WaitFor(t, 5*time.Second, "the acked entries to leave the queue", func() bool {
+		out, err := b.Outq("alice", "kitchen", 0)
+		return err == nil && len(out) == 0
+	})
+
+	// Live: a new notification reaches the attached device at once.
+	seq, err := b.Notify("alice", "kitchen", map[string]string{"hello": "world"})
+	require.NoError(t, err)
+	require.Equal(t, uint64(6), seq)
+	seqs, data = receive(t, d, 1)
+	require.Equal(t, []uint64{6}, seqs)
+	require.JSONEq(t, `{"hello":"world"}`, data[0])
+
+	// Other users' sessions are not a device's to notify.
+	dev := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice)))
+	notifyMQTT(t, dev, "tether/notify/alice/kitchen", "forged")
+	out, err = b.Outq("alice", "kitchen", 0)
+	require.NoError(t, err)
+	require.Len(t, out, 1, "only seq 6, not the forged one")
+}
+
+func TestSwitchDevicesMidQueue(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	for i := 1; i <= 10; i++ {
+		_, err := b.Notify("alice", "tv", i)
+		require.NoError(t, err)
+	}
+	proxy := brokertest.NewProxy(t, b.Addrs().MQTT)
+	a := device(t, "tcp://"+proxy.Addr(), "alice", token, "tv")
+	_, err := a.Begin(ctx(t))
+	require.NoError(t, err)
+	seqs, _ := receive(t, a, 10)
+	require.Equal(t, seqRange(1, 10), seqs)
+	a.Ack(5)
+	brokertest.WaitFor(t, 5*time.Second, "ack of 1..5", func() bool {
+		out, err := b.Outq("alice", "tv", 0)
+		return err == nil && len(out) == 5
+	})
+	proxy.Close() // device A dies with 6..10 received but not acknowledged
+
+	bdev := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "tv")
+	begun, err := bdev.Begin(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, uint64(5), begun.Acked)
+	seqs, data := receive(t, bdev, 5)
+	require.Equal(t, seqRange(6, 10), seqs, "device B continues after the last acked seq")
+	require.Equal(t, []string{"6", "7", "8", "9", "10"}, data)
+}
+
+func TestQueuePoliciesEndToEnd(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.QueueRules = []broker.QueueRule{
+		{Pattern: "strict-*", Limits: queues.Limits{MaxMessages: 2, MaxBytes: 1 << 20, Policy: queues.Reject}},
+		{Pattern: "latest", Limits: queues.Limits{MaxMessages: 1, MaxBytes: 1 << 20, Policy: queues.DropOldest}},
+	}
+	b := brokertest.Start(t, cfg)
+	url := "tcp://" + b.Addrs().MQTT
+	appToken := brokertest.Token(t, b, "app", auth.RoleService)
+	app := notifier(t, url, appToken)
+
+	t.Run("reject", func(t *testing.T) {
+		notifyMQTT(t, app, "tether/notify/alice/strict-1", "a")
+		notifyMQTT(t, app, "tether/notify/alice/strict-1", "b")
+		_, err := b.Notify("alice", "strict-1", "c")
+		require.ErrorIs(t, err, queues.ErrFull)
+		notifyMQTT(t, app, "tether/notify/alice/strict-1", "d") // MQTT 3.1.1: acked and refused
+		out, err := b.Outq("alice", "strict-1", 0)
+		require.NoError(t, err)
+		require.Len(t, out, 2)
+		require.Equal(t, `"a"`, string(out[0].Data))
+		require.Equal(t, `"b"`, string(out[1].Data))
+		require.GreaterOrEqual(t, metric(t, b.Addrs().HTTP, `tether_notifications_rejected_total{code="queue_full"}`), 2.0)
+
+		host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
+		got, _ := exec.Command("mosquitto_pub", "-h", host, "-p", port, "-u", "app", "-P", appToken, "-V", "5", "-q", "1",
+			"-t", "tether/notify/alice/strict-1", "-m", `{"data":"e"}`).CombinedOutput()
+		require.Contains(t, strings.ToLower(string(got)), "quota exceeded", "MQTT 5 publishers learn queue_full from the PUBACK")
+	})
+	t.Run("keep latest, drops journaled", func(t *testing.T) {
+		for i := 1; i <= 3; i++ {
+			notifyMQTT(t, app, "tether/notify/alice/latest", i)
+		}
+		out, err := b.Outq("alice", "latest", 0)
+		require.NoError(t, err)
+		require.Len(t, out, 1)
+		require.Equal(t, uint64(3), out[0].Seq)
+		var drops []string
+		for _, k := range journal(t, b, "alice", "latest") {
+			if strings.HasPrefix(k, "drop") {
+				drops = append(drops, k)
+			}
+		}
+		require.Equal(t, []string{"drop:overflow_oldest", "drop:overflow_oldest"}, drops)
+		require.GreaterOrEqual(t, metric(t, b.Addrs().HTTP, `tether_notifications_dropped_total{reason="overflow_oldest"}`), 2.0)
+	})
+	t.Run("bad payload", func(t *testing.T) {
+		require.NoError(t, brokertest.Wait(app.Publish("tether/notify/alice/bad", 1, false, `{"dat":1}`)))
+		require.NoError(t, brokertest.Wait(app.Publish("tether/notify/alice/bad", 1, false, `not json`)))
+		names, err := b.Sessions().Names("alice")
+		require.NoError(t, err)
+		require.NotContains(t, names, "bad", "nothing was created")
+	})
+	t.Run("all sessions and patterns", func(t *testing.T) {
+		for _, s := range []string{"room-1", "room-2", "hall"} {
+			_, err := b.Notify("bob", s, "init")
+			require.NoError(t, err)
+		}
+		notifyMQTT(t, app, "tether/notify/bob/room-*", "rooms")
+		notifyMQTT(t, app, "tether/notify/bob", "everyone")
+		count := func(s string) int {
+			out, err := b.Outq("bob", s, 0)
+			require.NoError(t, err)
+			return len(out)
+		}
+		require.Equal(t, 3, count("room-1"))
+		require.Equal(t, 3, count("room-2"))
+		require.Equal(t, 2, count("hall"))
+		infos, err := b.SessionsOf("bob")
+		require.NoError(t, err)
+		require.Len(t, infos, 3)
+		require.Equal(t, "hall", infos[0].Name)
+		require.Equal(t, 2, infos[0].Queue.Depth)
+	})
+}
+
+// TestQueueSurvivesKill9: notifications acknowledged to the notifier (PUBACK)
+// survive kill -9 of the broker process; after the restart a device gets
+// all of them in order and new ones continue the seqs.
+func TestQueueSurvivesKill9(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	cfg := brokertest.Config(t)
+	cfg.DataDir = dir
+	b, err := broker.Open(cfg)
+	require.NoError(t, err)
+	appToken := brokertest.Token(t, b, "app", auth.RoleService)
+	devToken := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	require.NoError(t, b.Close())
+
+	child := startBroker(t, dir, addr)
+	app := notifier(t, "tcp://"+addr, appToken)
+	for i := 1; i <= 50; i++ {
+		notifyMQTT(t, app, "tether/notify/alice/inbox", i)
+	}
+	require.NoError(t, child.cmd.Process.Signal(syscall.SIGKILL)) // right after the last PUBACK
+	require.True(t, killedBy(child.wait(t, 5*time.Second), syscall.SIGKILL))
+	app.Disconnect(0)
+
+	startBroker(t, dir, addr)
+	d := device(t, "tcp://"+addr, "alice", devToken, "inbox")
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	seqs, data := receive(t, d, 50)
+	require.Equal(t, seqRange(1, 50), seqs, "nothing lost, in order")
+	require.Equal(t, "50", data[49])
+	app2 := notifier(t, "tcp://"+addr, appToken)
+	notifyMQTT(t, app2, "tether/notify/alice/inbox", "after")
+	seqs, _ = receive(t, d, 1)
+	require.Equal(t, []uint64{51}, seqs, "no seq reused")
+}
+
+// TestLargeQueueBoundedMemory: a queue of many entries is delivered through
+// the window, and the broker's heap does not grow with the queue.
+func TestLargeQueueBoundedMemory(t *testing.T) {
+	n := 100_000
+	if testing.Short() {
+		n = 10_000
+	}
+	cfg := brokertest.Config(t)
+	cfg.QueueLimits = queues.Limits{MaxMessages: n, MaxBytes: 64 << 20, Policy: queues.DropOldest}
+	seedQueue(t, cfg.DataDir, "alice", "big", n, cfg.QueueLimits)
+	b := brokertest.Start(t, cfg)
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "big")
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	begun, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, n, begun.Queued)
+
+	var peak uint64
+	next := uint64(1)
+	deadline := time.After(3 * time.Minute)
+	for next <= uint64(n) {
+		select {
+		case note := <-d.Notifications():
+			require.Equal(t, next, note.Seq)
+			next++
+			if note.Seq%100 == 0 { // well inside the delivery window (256)
+				d.Ack(note.Seq)
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				peak = max(peak, m.HeapInuse)
+			}
+		case <-deadline:
+			t.Fatalf("delivered %d of %d", next-1, n)
+		}
+	}
+	d.Ack(uint64(n))
+	growth := int64(peak) - int64(base.HeapInuse)
+	t.Logf("delivered %d entries; heap in use grew at most %d MiB", n, growth>>20)
+	require.Less(t, growth, int64(96<<20), "heap must not hold the queue (%d entries ≈ %d MiB stored)", n, n*40>>20)
+}
+
+// seedQueue fills user/session's queue with n entries straight into the
+// data directory, in large transactions.
+func seedQueue(t *testing.T, dir, user, session string, n int, l queues.Limits) {
+	pc := persistence.DefaultConfig()
+	pc.Dir = dir
+	s, err := persistence.Open(pc)
+	require.NoError(t, err)
+	defer s.Close()
+	now := time.Now()
+	for i := 0; i < n; i += 2000 {
+		require.NoError(t, s.Update(func(tx persistence.Txn) error {
+			for j := i; j < i+2000 && j < n; j++ {
+				if _, _, err := queues.Enqueue(tx, user, session, queues.Message{Data: json.RawMessage(fmt.Sprint(j + 1))}, l, now); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+}
