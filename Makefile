@@ -3,14 +3,18 @@ SHELL := /bin/bash
 GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test deps lint unit run bench fuzz
+.PHONY: test deps lint unit run bench bench-e2e bench-go fuzz web
 
 ## test: install what the tests need, then vet, staticcheck and every test with -race
 test: deps lint unit
 
-## deps: install the test peers (Debian's mosquitto clients) when missing
+## deps: install the test peers when missing (Debian's mosquitto clients and chromium, web/node_modules)
 deps:
 	@./scripts/deps.sh
+
+## web: rebuild the browser client and demo page into web/dist (committed: go build embeds it, no npm needed)
+web:
+	@cd web && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } && node build.mjs
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
@@ -28,6 +32,16 @@ run:
 fuzz:
 	$(GO) test ./auth -run '^$$' -fuzz FuzzParseToken -fuzztime 30s
 
-## bench: the Go benchmarks
-bench:
+## bench: the end-to-end comparisons (written into docs/benchmarks.md), then the Go benchmarks
+bench: bench-e2e bench-go
+
+## bench-e2e: device-sim's benchmarks: durable Tether vs mosquitto vs bare mochi, memory per idle
+## session, connect+begin rate; each replaces its section of docs/benchmarks.md
+bench-e2e: deps
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(GO) build -o "$$tmp/broker" ./cmd/broker && $(GO) build -o "$$tmp/device-sim" ./cmd/device-sim && \
+	"$$tmp/device-sim" bench all --broker-bin "$$tmp/broker" --doc docs/benchmarks.md
+
+## bench-go: the Go benchmarks
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -18,6 +18,7 @@ import (
 
 	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
 )
 
@@ -28,16 +29,26 @@ import (
 type Admin struct {
 	Tokens   *auth.Tokens
 	Sessions *sessions.Registry
+
+	store *persistence.Store // the queues queue.peek reads
+	// QueueInfo is a queue's state with its effective limits. A running
+	// broker's reads through its delivery, which is built after the admin.
+	QueueInfo func(user, session string) (QueueInfo, error)
 }
 
 // newAdmin builds the operator API over a store no broker is serving.
-// Nothing is published: no client is connected to it.
+// Nothing is published: no client is connected to it. Queues without
+// limits of their own show DefaultConfig's: the limits an embedding
+// application configured are not known here.
 func newAdmin(store *persistence.Store) (*Admin, error) {
 	reg, err := sessions.New(sessions.DefaultConfig(), store, silentOutbox{})
 	if err != nil {
 		return nil, err
 	}
-	return &Admin{Tokens: auth.NewTokens(store), Sessions: reg}, nil
+	// A delivery that never delivers: only info is used, which reads the
+	// store and the configured limits.
+	readOnly := &delivery{store: store, registry: reg, limits: DefaultConfig().QueueLimits}
+	return &Admin{Tokens: auth.NewTokens(store), Sessions: reg, store: store, QueueInfo: readOnly.info}, nil
 }
 
 type silentOutbox struct{}
@@ -79,7 +90,7 @@ var adminOps = map[string]adminOp{
 		if err := decodeArgs(args, &q); err != nil {
 			return nil, err
 		}
-		return a.Sessions.Get(q.User, q.Session)
+		return a.sessionDetail(q.User, q.Session)
 	},
 	"sessions.log": func(a *Admin, args json.RawMessage) (any, error) {
 		var q struct {
@@ -92,6 +103,52 @@ var adminOps = map[string]adminOp{
 		}
 		return a.Sessions.Log(q.User, q.Session, q.After, q.Limit)
 	},
+	"queue.peek": func(a *Admin, args json.RawMessage) (any, error) {
+		var q struct {
+			User, Session string
+			After         uint64
+			Limit         int
+		}
+		if err := decodeArgs(args, &q); err != nil {
+			return nil, err
+		}
+		if q.Limit < 0 {
+			return nil, fmt.Errorf("%w: limit %d: want 0 (up to %d) or more", queues.ErrInvalid, q.Limit, queues.MaxBatch)
+		}
+		if _, err := a.Sessions.Get(q.User, q.Session); err != nil {
+			return nil, err
+		}
+		entries := []queues.Entry{} // an empty JSON list, not null
+		err := a.store.View(func(tx persistence.Txn) error {
+			got, err := queues.Read(tx, q.User, q.Session, q.After, q.Limit, time.Now())
+			entries = append(entries, got...)
+			return err
+		})
+		return entries, err
+	},
+	"queue.limit": func(a *Admin, args json.RawMessage) (any, error) {
+		var q struct {
+			User, Session string
+			Max           int
+			MaxBytes      int `json:"max_bytes"`
+			Policy        queues.Policy
+			Reset         bool // back to the configured limits
+		}
+		if err := decodeArgs(args, &q); err != nil {
+			return nil, err
+		}
+		var l *queues.Limits
+		switch {
+		case !q.Reset:
+			l = &queues.Limits{MaxMessages: q.Max, MaxBytes: q.MaxBytes, Policy: q.Policy}
+		case q.Max != 0 || q.MaxBytes != 0 || q.Policy != "":
+			return nil, fmt.Errorf("%w: reset takes no limits", queues.ErrInvalid)
+		}
+		if err := setQueueLimits(a.Sessions, q.User, q.Session, l); err != nil {
+			return nil, err
+		}
+		return a.sessionDetail(q.User, q.Session)
+	},
 	"token.revoke": func(a *Admin, args json.RawMessage) (any, error) {
 		var q struct{ ID string }
 		if err := decodeArgs(args, &q); err != nil {
@@ -99,6 +156,26 @@ var adminOps = map[string]adminOp{
 		}
 		return a.Tokens.Revoke(q.ID)
 	},
+}
+
+// SessionDetail is the result of sessions.show and queue.limit: the
+// session with the state of its queue. Its JSON is the session's fields
+// and "queue".
+type SessionDetail struct {
+	sessions.Session
+	Queue QueueInfo `json:"queue"`
+}
+
+func (a *Admin) sessionDetail(user, session string) (SessionDetail, error) {
+	s, err := a.Sessions.Get(user, session)
+	if err != nil {
+		return SessionDetail{}, err
+	}
+	qi, err := a.QueueInfo(user, session)
+	if err != nil {
+		return SessionDetail{}, err
+	}
+	return SessionDetail{Session: s, Queue: qi}, nil
 }
 
 // TokenIssued is the result of token.add: the secret, shown once, and the stored record.

@@ -17,11 +17,13 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/persistence"
 	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/snapshot"
 )
 
 // Broker is a running Tether broker.
@@ -93,17 +95,25 @@ func Open(cfg Config) (_ *Broker, err error) {
 	if b.registry, err = sessions.New(scfg, b.store, out); err != nil {
 		return nil, err
 	}
-	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry}
+	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry, store: b.store, QueueInfo: func(u, s string) (QueueInfo, error) { return b.delivery.info(u, s) }}
 	b.calls = &calls{registry: b.registry, limits: cfg.Sessions, log: log.With("component", "calls"), keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
 	for method, h := range cfg.Handlers {
 		b.calls.handlers[method] = h
 	}
 	b.delivery = &delivery{store: b.store, registry: b.registry, out: out, limits: cfg.QueueLimits, rules: cfg.QueueRules,
 		window: cfg.DeliveryWindow, metrics: newQueueMetrics(b.metrics.reg), cursor: map[string]*cursor{}}
+	var snaps *snapshots
+	if len(cfg.SnapshotKeys) > 0 {
+		sealer, err := snapshot.NewSealer(cfg.SnapshotKeys, cfg.SnapshotTTL)
+		if err != nil {
+			return nil, err
+		}
+		snaps = &snapshots{sealer: sealer, registry: b.registry, store: b.store}
+	}
 	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv}
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets
-		&sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, out: out, log: log.With("component", "sessions")},
+		&sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions")},
 		&mqttState{store: b.store, log: log.With("component", "mqtt-state")},
 	}
 	for _, h := range hooks {
@@ -233,9 +243,21 @@ func (b *Broker) Close() error {
 		if b.adminSrv != nil {
 			_ = b.adminSrv.Shutdown(ctx)
 		}
-		_ = b.srv.Close()
-		// Each client's goroutine runs its hooks (and their commits) to the
-		// end before it is counted done.
+		// Stop accepting and disconnect every client ourselves, and wait
+		// until each client's goroutine has run its hooks (and their
+		// commits) to the end. Only then close mochi: its Close read-locks
+		// the client list twice over, which deadlocks against a client
+		// removing itself at the same moment (mochi v2.7.9).
+		for _, ln := range []net.Listener{b.mqttLn, b.wsLn} {
+			if ln != nil {
+				_ = ln.Close()
+			}
+		}
+		for _, cl := range b.srv.Clients.GetAll() {
+			if !cl.Net.Inline && !cl.Closed() {
+				_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
+		}
 		done := make(chan struct{})
 		go func() { b.srv.Listeners.ClientsWg.Wait(); close(done) }()
 		select {
@@ -243,6 +265,7 @@ func (b *Broker) Close() error {
 		case <-ctx.Done():
 			b.log.Warn("shutdown timeout: closing the store with clients still finishing")
 		}
+		_ = b.srv.Close()
 		if b.stop != nil {
 			b.stop()
 			b.wg.Wait()

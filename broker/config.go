@@ -12,6 +12,7 @@ import (
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/snapshot"
 )
 
 // Config is everything the broker needs to run. Fill it from DefaultConfig
@@ -60,6 +61,12 @@ type Config struct {
 	// not yet acknowledged; more follow as it acks.
 	DeliveryWindow int
 
+	// SnapshotKeys seal and open session snapshots (client-side
+	// replication); the first seals, all open. None: snapshots are off.
+	SnapshotKeys []snapshot.Key
+	// SnapshotTTL is how long a sealed snapshot can be restored from.
+	SnapshotTTL time.Duration
+
 	// Sessions tunes the session registry (ticks, sweep, journal, policies).
 	Sessions sessions.Config
 
@@ -87,6 +94,7 @@ func DefaultConfig() Config {
 		RepliesKept:      1000,
 		QueueLimits:      queues.DefaultLimits(),
 		DeliveryWindow:   256,
+		SnapshotTTL:      30 * 24 * time.Hour,
 		CallTimeout:      10 * time.Second,
 	}
 }
@@ -153,6 +161,11 @@ func (c Config) Validate() error {
 	}
 	if c.DeliveryWindow < 1 || c.DeliveryWindow > queues.MaxBatch {
 		return fmt.Errorf("delivery-window: must be 1..%d, got %d", queues.MaxBatch, c.DeliveryWindow)
+	}
+	if len(c.SnapshotKeys) > 0 {
+		if _, err := snapshot.NewSealer(c.SnapshotKeys, c.SnapshotTTL); err != nil {
+			return fmt.Errorf("snapshot-keys: %w", err)
+		}
 	}
 	if c.RepliesKept < 1 {
 		return errors.New("replies-kept: must be at least 1")

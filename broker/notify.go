@@ -119,19 +119,7 @@ func (b *Broker) NotifyAll(user string, data any) (int, error) {
 // configured ones). Entries above new, lower limits are dropped by the
 // policy as new ones arrive.
 func (b *Broker) LimitQueue(user, session string, l *queues.Limits) error {
-	if l != nil {
-		if err := l.Validate(); err != nil {
-			return err
-		}
-	}
-	return b.registry.Update(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
-		detail := map[string]any{"limits": "configured"}
-		if l != nil {
-			detail = map[string]any{"max": l.MaxMessages, "max_bytes": l.MaxBytes, "policy": string(l.Policy)}
-		}
-		return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "queue_limits", Detail: detail}}},
-			queues.SetLimits(tx, user, session, l)
-	})
+	return setQueueLimits(b.registry, user, session, l)
 }
 
 // Outq returns up to limit entries of user/session's queue, oldest first,
@@ -154,7 +142,7 @@ type SessionInfo struct {
 	Name  string         `json:"name"`
 	State sessions.State `json:"state"`
 	Phase string         `json:"phase,omitempty"`
-	Queue queueInfo      `json:"queue"`
+	Queue QueueInfo      `json:"queue"`
 }
 
 // SessionsOf lists user's sessions with their state and queue depth.

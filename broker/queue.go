@@ -42,7 +42,9 @@ type delivery struct {
 
 type cursor struct {
 	mu   sync.Mutex
+	conn sessions.Conn // the connection sent went to
 	sent uint64
+	hold bool // a begin's reply is not out yet: send nothing before it
 }
 
 type queueMetrics struct {
@@ -140,13 +142,32 @@ func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, u
 	return total, nil
 }
 
-// restart makes the next pump start after the last acked seq: a new
-// instance gets every unacknowledged entry again.
-func (d *delivery) restart(user, session string) {
+// begin runs a begin (fn) with user/session's delivery held: from the
+// moment the new instance is attached until its reply is out (release),
+// nothing is sent, and then everything after the last acked seq is.
+// Notifications sent before the reply would be dropped by the device
+// (it has no instance yet) and, acks being cumulative, lost.
+func (d *delivery) begin(user, session string, fn func() (sessions.Conn, error)) error {
 	c := d.cursorFor(user + "/" + session)
 	c.mu.Lock()
-	c.sent = 0
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	conn, err := fn()
+	if err == nil {
+		c.conn, c.sent, c.hold = conn, 0, true
+	}
+	return err
+}
+
+// release ends a begin's hold and sends what the window allows.
+func (d *delivery) release(user, session string) {
+	d.mu.Lock()
+	c, ok := d.cursor[user+"/"+session]
+	d.mu.Unlock()
+	if ok {
+		c.mu.Lock()
+		c.hold = false
+		c.mu.Unlock()
+	}
 	d.pump(user, session)
 }
 
@@ -165,7 +186,8 @@ func (d *delivery) cursorFor(key string) *cursor {
 // window, if its instance is attached. Pumps of one session are serialised.
 func (d *delivery) pump(user, session string) {
 	key := user + "/" + session
-	if !d.registry.Attached(user, session) {
+	conn := d.registry.AttachedConn(user, session)
+	if conn == 0 {
 		d.mu.Lock()
 		delete(d.cursor, key) // nothing in flight to anyone: the next begin starts from acked
 		d.mu.Unlock()
@@ -174,6 +196,14 @@ func (d *delivery) pump(user, session string) {
 	c := d.cursorFor(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.hold {
+		return
+	}
+	if c.conn != conn {
+		// Another connection (a reconnect, another device): what was sent
+		// to the old one may never have arrived; start again after acked.
+		c.conn, c.sent = conn, 0
+	}
 	var entries []queues.Entry
 	err := d.store.View(func(tx persistence.Txn) error {
 		meta, err := queues.GetMeta(tx, user, session)
@@ -255,8 +285,8 @@ func queueErrorCode(err error) wire.Code {
 	return wire.CodeInternal
 }
 
-// queueInfo is a queue's state for begin replies and inspection.
-type queueInfo struct {
+// QueueInfo is a queue's state for begin replies and inspection.
+type QueueInfo struct {
 	Acked   uint64                   `json:"acked"` // highest acked seq
 	NextSeq uint64                   `json:"next_notify_seq"`
 	Depth   int                      `json:"queued"` // entries waiting
@@ -265,14 +295,14 @@ type queueInfo struct {
 	Limits  queues.Limits            `json:"limits"`
 }
 
-func (d *delivery) info(user, session string) (queueInfo, error) {
-	var qi queueInfo
+func (d *delivery) info(user, session string) (QueueInfo, error) {
+	var qi QueueInfo
 	err := d.store.View(func(tx persistence.Txn) error {
 		m, err := queues.GetMeta(tx, user, session)
 		if err != nil {
 			return err
 		}
-		qi = queueInfo{Acked: m.Acked, NextSeq: m.NextSeq, Depth: m.Count, Bytes: m.Bytes, Dropped: m.Dropped,
+		qi = QueueInfo{Acked: m.Acked, NextSeq: m.NextSeq, Depth: m.Count, Bytes: m.Bytes, Dropped: m.Dropped,
 			Limits: m.EffectiveLimits(d.limitsFor(session))}
 		return nil
 	})

@@ -27,6 +27,7 @@ type sessionHook struct {
 	registry *sessions.Registry
 	calls    *calls
 	delivery *delivery
+	snaps    *snapshots // nil without snapshot keys
 	out      *outbox
 	log      *slog.Logger
 
@@ -80,6 +81,10 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	case wire.LeafReq:
 		res := h.handle(cl, user, name, pk.Payload)
 		h.out.reply(user, name, pk, res)
+		// After the reply: queued notifications follow it, whether the
+		// instance just began or came back (after a reconnect or a broker
+		// restart) with any other request.
+		h.delivery.release(user, name)
 		return pk, packets.CodeSuccessIgnore
 	case wire.LeafPresence:
 		// Presence is broker-owned; a device speaks to it only through its will.
@@ -99,8 +104,29 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 		ok  any
 		err error
 	)
+	if h.snaps != nil {
+		before := h.snaps.version(user, name)
+		defer func() { // at most one snapshot per request, only if something changed
+			if h.snaps.version(user, name) != before {
+				if err := h.snaps.send(cl, user, name); err != nil {
+					h.log.Error("send snapshot", "session", user+"/"+name, "error", err)
+				}
+			}
+		}()
+	}
 	switch req.Op {
 	case wire.OpBegin:
+		if req.Restore != "" {
+			if h.snaps == nil {
+				err = wire.Errorf(wire.CodeBadRequest, "this broker has no snapshot keys: it cannot restore sessions")
+				break
+			}
+			var restored bool
+			if restored, err = h.snaps.restore(user, name, req.Restore); err != nil {
+				break
+			}
+			h.log.Info("begin with snapshot", "session", user+"/"+name, "restored", restored)
+		}
 		ok, err = h.begin(user, name, conn)
 	case wire.OpPing:
 		ok, err = h.registry.Ping(user, name, conn, req.Nonce, req.Cursor)
@@ -130,12 +156,17 @@ var errNotYet = errors.New("broker: op not supported by this broker")
 // begun is the begin reply: the session's instance and its queue.
 type begun struct {
 	sessions.BeginResult
-	queueInfo
+	QueueInfo
 }
 
 // begin starts an instance, then delivers the queue from the last acked seq.
 func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) {
-	res, err := h.registry.Begin(user, name, conn)
+	var res sessions.BeginResult
+	err := h.delivery.begin(user, name, func() (sessions.Conn, error) {
+		var err error
+		res, err = h.registry.Begin(user, name, conn)
+		return conn, err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +174,6 @@ func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	h.delivery.restart(user, name)
 	return begun{res, qi}, nil
 }
 

@@ -39,8 +39,15 @@ type Config struct {
 	TickInterval   time.Duration // expected tick interval until begin says the broker's (pings go at this rate)
 	LostAfter      int           // missed ticks before EventLost
 	ManualPing     bool          // the application sends Ping itself; no automatic pings
-	TLSConfig      *tls.Config
-	Logger         *slog.Logger
+	// Snapshot is the last sealed snapshot the application kept (from
+	// OnSnapshot); Begin presents it so that a broker which lost the session
+	// (another node, a lost data directory) restores it.
+	Snapshot string
+	// OnSnapshot, if set, is called with every newer snapshot the broker
+	// sends; keep the blob somewhere that survives a crash.
+	OnSnapshot func(blob string)
+	TLSConfig  *tls.Config
+	Logger     *slog.Logger
 }
 
 // DefaultConfig returns a Config with the timings matching the broker's defaults.
@@ -161,8 +168,8 @@ type Client struct {
 	cfg    Config
 	mqtt   paho.Client
 	topics struct {
-		req, res, tick, notify, presence string
-		subs                             map[string]byte // filter -> QoS
+		req, res, tick, notify, presence, snapshot string
+		subs                                       map[string]byte // filter -> QoS
 	}
 	connID string
 	log    *slog.Logger
@@ -172,15 +179,21 @@ type Client struct {
 	pending map[string]*pending // by request id
 	nonce   string
 	cursor  json.RawMessage
+	snap    struct {
+		version uint64
+		blob    string
+	}
 	callMu  sync.Mutex // one call at a time, so seqs reach the broker in order
 	nextSeq uint64     // seq of the next call (from begin's next_seq)
 
 	ticks    chan Tick
 	events   chan Event
 	notes    chan Notification
-	inbox    chan wire.Notification // arrival order = the broker's seq order
-	lastSeq  atomic.Uint64          // highest seq passed to the application
-	ackWant  atomic.Uint64          // highest seq the application handled
+	inbox    chan inboxItem // arrival order = the broker's seq order
+	instance atomic.Uint64  // begins answered so far; notifications belong to one
+	acked    atomic.Uint64  // the broker's acked seq at the latest begin
+	ackWant  atomic.Uint64  // highest seq the application handled
+	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
 	ackKick  chan struct{}
 	lastTick atomic.Int64 // unix nanos
 	lost     atomic.Bool
@@ -188,6 +201,11 @@ type Client struct {
 
 	gen        atomic.Uint64 // connections made so far
 	subscribed chan struct{} // closed once the first subscription is in place
+	// ready is closed while the connection is up with its subscriptions in
+	// place; requests wait for it, so that nothing the broker sends in
+	// reply (notifications above all: their acks are cumulative) can
+	// arrive before this client listens again after a reconnect.
+	ready chan struct{}
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -199,7 +217,10 @@ type pending struct {
 	payload []byte
 	gen     uint64 // the connection it was sent on
 	resend  bool   // safe to send again after a reconnect
-	done    chan reply
+	// onOK, if set, runs on the message goroutine when the ok reply
+	// arrives, before any later message is looked at.
+	onOK func(ok json.RawMessage)
+	done chan reply
 }
 
 // reply is a response as the client reads it: ok stays raw until decoded into the caller's type.
@@ -217,8 +238,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg, pending: map[string]*pending{}, ticks: make(chan Tick, 16), events: make(chan Event, 16),
-		notes: make(chan Notification), inbox: make(chan wire.Notification, 4096), ackKick: make(chan struct{}, 1),
-		log: cfg.Logger, subscribed: make(chan struct{})}
+		notes: make(chan Notification), inbox: make(chan inboxItem, 4096), ackKick: make(chan struct{}, 1),
+		log: cfg.Logger, subscribed: make(chan struct{}), ready: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -231,7 +252,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	// retained path without a lock when a wildcard filter scans it, racing
 	// with the broker's retained presence updates.
 	c.topics.notify = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafNotify)
-	c.topics.subs = map[string]byte{c.topics.res: 1, c.topics.tick: 0, c.topics.notify: 1}
+	c.topics.snapshot = wire.SessionTopic(cfg.User, cfg.Session, wire.LeafSnapshot)
+	c.topics.subs = map[string]byte{c.topics.res: 1, c.topics.tick: 0, c.topics.notify: 1, c.topics.snapshot: 0}
+	c.snap.blob = cfg.Snapshot
 	clientID := cfg.ClientID
 	if clientID == "" {
 		clientID = "tether-" + cfg.User + "-" + randomHex(6)
@@ -249,7 +272,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetOrderMatters(true). // our handler never blocks, and notifications must stay in order
 		SetWill(c.topics.presence, string(will), 1, false).
 		SetDefaultPublishHandler(func(paho.Client, paho.Message) {}).
-		SetOnConnectHandler(c.onConnect)
+		SetOnConnectHandler(c.onConnect).
+		SetConnectionLostHandler(func(paho.Client, error) { c.notReady() })
 	if cfg.TLSConfig != nil {
 		opts.SetTLSConfig(cfg.TLSConfig)
 	}
@@ -278,6 +302,32 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
+func (c *Client) setReady() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
+}
+
+func (c *Client) notReady() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.ready:
+		c.ready = make(chan struct{})
+	default:
+	}
+}
+
+func (c *Client) readyChan() chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ready
+}
+
 // onConnect runs after every (re)connect: a clean session has no
 // subscriptions, so subscribe again, then resend what is safe to resend.
 func (c *Client) onConnect(m paho.Client) {
@@ -287,6 +337,7 @@ func (c *Client) onConnect(m paho.Client) {
 		return
 	}
 	gen := c.gen.Add(1)
+	defer c.setReady()
 	if gen == 1 {
 		close(c.subscribed)
 		return
@@ -328,6 +379,9 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 		delete(c.pending, id)
 		c.mu.Unlock()
 		if p != nil {
+			if p.onOK != nil && res.Error == nil {
+				p.onOK(res.OK)
+			}
 			p.done <- res
 		}
 	case c.topics.tick:
@@ -336,14 +390,35 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 			return
 		}
 		c.gotTick(t)
+	case c.topics.snapshot:
+		var sn struct {
+			Version uint64 `json:"version"`
+			Blob    string `json:"blob"`
+		}
+		if err := json.Unmarshal(msg.Payload(), &sn); err != nil || sn.Blob == "" {
+			return
+		}
+		c.mu.Lock()
+		newer := sn.Version > c.snap.version
+		if newer {
+			c.snap.version, c.snap.blob = sn.Version, sn.Blob
+		}
+		c.mu.Unlock()
+		if newer && c.cfg.OnSnapshot != nil {
+			c.cfg.OnSnapshot(sn.Blob)
+		}
 	case c.topics.notify:
+		inst := c.instance.Load()
+		if inst == 0 {
+			return // not begun: these are another instance's (the topic is shared)
+		}
 		var n wire.Notification
 		if err := json.Unmarshal(msg.Payload(), &n); err != nil || n.Seq == 0 {
 			c.log.Warn("undecodable notification", "error", err)
 			return
 		}
 		select {
-		case c.inbox <- n:
+		case c.inbox <- inboxItem{n: n, instance: inst}:
 		default:
 			// The broker sends at most its delivery window unacknowledged;
 			// anything beyond is redelivered after the next begin.
@@ -352,20 +427,37 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 	}
 }
 
-// deliver passes notifications to the application in order, each seq once.
+// inboxItem is a notification and the instance it arrived under.
+type inboxItem struct {
+	n        wire.Notification
+	instance uint64
+}
+
+// deliver passes notifications to the application in order, each seq once
+// per instance. A new instance starts counting from the broker's acked seq
+// (everything after it is sent again); what is still in the inbox from an
+// older instance is dropped (the new one gets it again).
 func (c *Client) deliver() {
 	defer c.wg.Done()
+	var cur, last uint64
 	for {
-		var n wire.Notification
+		var it inboxItem
 		select {
 		case <-c.ctx.Done():
 			return
-		case n = <-c.inbox:
+		case it = <-c.inbox:
 		}
-		if n.Seq <= c.lastSeq.Load() {
+		if it.instance < cur {
+			continue
+		}
+		if it.instance > cur {
+			cur, last = it.instance, c.acked.Load()
+		}
+		n := it.n
+		if n.Seq <= last {
 			continue // a redelivery of something already handed over
 		}
-		c.lastSeq.Store(n.Seq)
+		last = n.Seq
 		select {
 		case <-c.ctx.Done():
 			return
@@ -384,12 +476,7 @@ func (c *Client) Notifications() <-chan Notification { return c.notes }
 // broker removes them from the queue. It is sent in the background and
 // coalesced, so it never waits for the broker.
 func (c *Client) Ack(upto uint64) {
-	for {
-		cur := c.ackWant.Load()
-		if upto <= cur || c.ackWant.CompareAndSwap(cur, upto) {
-			break
-		}
-	}
+	raise(&c.ackWant, upto)
 	select {
 	case c.ackKick <- struct{}{}:
 	default:
@@ -418,14 +505,13 @@ func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) 
 // acker sends the highest wanted ack, one at a time.
 func (c *Client) acker() {
 	defer c.wg.Done()
-	var sent uint64
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-c.ackKick:
 		}
-		for want := c.ackWant.Load(); want > sent; want = c.ackWant.Load() {
+		for want := c.ackWant.Load(); want > c.ackSent.Load(); want = c.ackWant.Load() {
 			nonce := c.Nonce()
 			if nonce == "" {
 				break
@@ -437,7 +523,7 @@ func (c *Client) acker() {
 				c.log.Warn("ack failed; the next begin redelivers", "upto", want, "error", err)
 				break
 			}
-			sent = want
+			raise(&c.ackSent, want)
 		}
 	}
 }
@@ -512,6 +598,14 @@ func (c *Client) Nonce() string {
 	return c.nonce
 }
 
+// Snapshot is the latest sealed snapshot of the session this client holds
+// (empty if none): what Begin presents to restore the session elsewhere.
+func (c *Client) Snapshot() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.snap.blob
+}
+
 // SetCursor sets what the user is looking at; the next ping reports it.
 func (c *Client) SetCursor(v any) error {
 	b, err := json.Marshal(v)
@@ -529,16 +623,26 @@ func (c *Client) SetCursor(v any) error {
 // start a second instance): it fails with ErrConnectionLost instead.
 func (c *Client) Begin(ctx context.Context) (Begun, error) {
 	var b Begun
-	if err := c.request(ctx, wire.Request{Op: wire.OpBegin}, false, &b); err != nil {
+	// The instance takes over as the reply is read, before the queued
+	// notifications that follow it: from here on, notifications count from
+	// the broker's acked seq (everything after it is sent again).
+	onOK := func(ok json.RawMessage) {
+		var nb Begun
+		if json.Unmarshal(ok, &nb) != nil {
+			return
+		}
+		c.mu.Lock()
+		c.nonce, c.nextSeq = nb.Nonce, nb.NextSeq
+		c.mu.Unlock()
+		c.acked.Store(nb.Acked)
+		c.ackWant.Store(nb.Acked)
+		c.ackSent.Store(nb.Acked)
+		c.instance.Add(1)
+	}
+	if err := c.requestWith(ctx, wire.Request{Op: wire.OpBegin, Restore: c.Snapshot()}, false, &b, onOK); err != nil {
 		return b, err
 	}
-	c.mu.Lock()
-	c.nonce, c.nextSeq = b.Nonce, b.NextSeq
-	c.mu.Unlock()
 	c.pace(b.TickIntervalMs, b.LivenessMs)
-	// A new instance gets every unacknowledged entry again: hand over from the broker's acked seq.
-	c.lastSeq.Store(b.Acked)
-	c.ackWant.Store(b.Acked)
 	return b, nil
 }
 
@@ -639,6 +743,12 @@ func (c *Client) Close() {
 
 // request publishes req and waits for its reply, decoding ok into out.
 func (c *Client) request(ctx context.Context, req wire.Request, resend bool, out any) error {
+	return c.requestWith(ctx, req, resend, out, nil)
+}
+
+// requestWith is request with a hook run on the message goroutine when the
+// ok reply arrives.
+func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool, out any, onOK func(json.RawMessage)) error {
 	if c.ctx.Err() != nil {
 		return ErrClosed
 	}
@@ -655,7 +765,14 @@ func (c *Client) request(ctx context.Context, req wire.Request, resend bool, out
 	if err != nil {
 		return err
 	}
-	p := &pending{payload: payload, gen: c.gen.Load(), resend: resend, done: make(chan reply, 1)}
+	select { // wait for the connection and its subscriptions (see Client.ready)
+	case <-c.readyChan():
+	case <-ctx.Done():
+		return fmt.Errorf("client: %s: not connected: %w", req.Op, context.Cause(ctx))
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+	p := &pending{payload: payload, gen: c.gen.Load(), resend: resend, done: make(chan reply, 1), onOK: onOK}
 	c.mu.Lock()
 	c.pending[id] = p
 	c.mu.Unlock()
@@ -681,6 +798,12 @@ func (c *Client) request(ctx context.Context, req wire.Request, resend bool, out
 		return fmt.Errorf("client: %s: %w", req.Op, context.Cause(ctx))
 	case <-c.ctx.Done():
 		return ErrClosed
+	}
+}
+
+// raise sets v to n if n is larger.
+func raise(v *atomic.Uint64, n uint64) {
+	for cur := v.Load(); n > cur && !v.CompareAndSwap(cur, n); cur = v.Load() {
 	}
 }
 

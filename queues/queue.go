@@ -127,3 +127,37 @@ func SetLimits(tx persistence.Txn, user, session string, l *Limits) error {
 	s.Limits = l
 	return saveState(tx, q, s)
 }
+
+// Restore moves the queue's seqs forward to at least nextSeq, with
+// everything up to acked acknowledged: a session restored from a snapshot
+// on another broker keeps its seqs growing, so its device (which drops
+// seqs it has seen) loses nothing new. Seqs never go backwards: lower
+// values change nothing. Entries still queued below acked are left to the
+// next Ack.
+func Restore(tx persistence.Txn, user, session string, nextSeq, acked uint64) error {
+	q, err := open(user, session)
+	if err != nil {
+		return err
+	}
+	s, err := loadState(tx, q)
+	if err != nil {
+		return err
+	}
+	if acked >= nextSeq {
+		nextSeq = acked + 1
+	}
+	changed := false
+	if nextSeq > s.NextSeq {
+		if s.Count == 0 {
+			s.First = nextSeq
+		}
+		s.NextSeq, changed = nextSeq, true
+	}
+	if acked > s.Acked && acked < s.NextSeq && s.Count == 0 {
+		s.Acked, changed = acked, true
+	}
+	if !changed {
+		return nil
+	}
+	return saveState(tx, q, s)
+}

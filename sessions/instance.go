@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/f47fa0da/tether/persistence"
 )
 
 // Begin starts a new instance of user/name for the device on conn: a fresh
@@ -214,4 +216,44 @@ func (r *Registry) expireIfDue(e *entry, now time.Time) error {
 	}
 	e.stopTimers()
 	return ErrExpired
+}
+
+// Restored is session state brought from elsewhere (a sealed snapshot).
+type Restored struct {
+	Version     uint64
+	Nonce       string
+	Memento     json.RawMessage
+	Phase       string
+	FirstBegin  time.Time
+	Deadline    time.Time
+	LastCallSeq uint64
+	Policy      *Policy
+}
+
+// Restore replaces user/name's state with st when this broker has no
+// record of the session or an older version of it, and reports whether it
+// did; a record at st.Version or newer is kept as it is. fn, if not nil,
+// runs in the same transaction (other parts' restored state).
+func (r *Registry) Restore(user, name string, st Restored, fn func(tx persistence.Txn) error) (bool, error) {
+	restored := false
+	err := r.Update(user, name, func(tx persistence.Txn, s *Session) (Change, error) {
+		if s.Version >= st.Version {
+			return Change{}, nil
+		}
+		s.Nonce, s.Memento, s.Phase = st.Nonce, st.Memento, st.Phase
+		s.FirstBegin, s.Deadline, s.LastCallSeq, s.Policy = st.FirstBegin, st.Deadline, st.LastCallSeq, st.Policy
+		if st.Nonce != "" && s.State == StateNew {
+			s.State = StateDetached // an instance is current; its device is about to come back
+		}
+		if fn != nil {
+			if err := fn(tx); err != nil {
+				return Change{}, err
+			}
+		}
+		// write adds one: the restored record continues from the snapshot's version.
+		s.Version = st.Version
+		restored = true
+		return Change{Changed: true, Events: []Event{{Kind: "restored", Detail: map[string]any{"version": st.Version}}}}, nil
+	})
+	return restored, err
 }

@@ -137,8 +137,7 @@ func (r *Registry) startTimers(e *entry) {
 	e.stopTimers()
 	now := r.now()
 	r.out.Tick(e.s.User, e.s.Name, e.s.tick(now))
-	var tick func()
-	tick = func() {
+	tick := func() {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		if e.ticker == nil || e.conn == 0 || e.s.State != StateActive {

@@ -104,18 +104,21 @@ func (r *Registry) Touch(user, name string) bool {
 	return err == nil
 }
 
-// Attached reports whether user/name's current instance is attached to a
-// live connection now (so messages published to it reach a device).
-func (r *Registry) Attached(user, name string) bool {
+// AttachedConn returns the live connection user/name's current instance is
+// attached to now, or 0 (so messages published to it reach a device).
+func (r *Registry) AttachedConn(user, name string) Conn {
 	r.mu.Lock()
 	e, ok := r.live[user+"/"+name]
 	r.mu.Unlock()
 	if !ok {
-		return false
+		return 0
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.conn != 0 && e.s.State == StateActive
+	if e.s.State != StateActive {
+		return 0
+	}
+	return e.conn
 }
 
 // LoadedKeys returns the user and name of every session in memory now.

@@ -228,8 +228,9 @@ func (r *Registry) commit(e *entry, ns Session, events ...Event) error {
 	return nil
 }
 
-// write journals events and stores s in tx.
+// write journals events and stores s in tx with the next version.
 func (r *Registry) write(tx persistence.Txn, s *Session, events []Event) error {
+	s.Version++
 	for _, ev := range events {
 		if ev.Time.IsZero() {
 			ev.Time = r.now()

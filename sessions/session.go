@@ -41,8 +41,11 @@ type Conn uint64
 
 // Session is the durable record of one session (key sess/<user>/<name>).
 type Session struct {
-	User       string          `json:"user"`
-	Name       string          `json:"name"`
+	User string `json:"user"`
+	Name string `json:"name"`
+	// Version grows with every committed change of the record; sealed
+	// snapshots carry it, so an older snapshot never overwrites newer state.
+	Version    uint64          `json:"version"`
 	State      State           `json:"state"`
 	Nonce      string          `json:"nonce,omitempty"`   // current instance; empty when none
 	Memento    json.RawMessage `json:"memento,omitempty"` // last committed memento of the instance line

@@ -15,6 +15,7 @@ import (
 
 	"github.com/f47fa0da/tether/broker"
 	"github.com/f47fa0da/tether/sessions"
+	"github.com/f47fa0da/tether/snapshot"
 )
 
 // serveConfig is everything `broker serve` reads from flags, the YAML file
@@ -57,6 +58,8 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.Var(rulesValue{&b.Sessions.Rules}, "policies", `session policies by name pattern: "pattern=mode[/window[/liveness]],…", e.g. "quiz*=exclusive/60m"`)
 	fs.IntVar(&b.Sessions.Retention.MaxEvents, "journal-max-events", b.Sessions.Retention.MaxEvents, "journal events kept per session")
 	fs.DurationVar(&b.Sessions.Retention.MaxAge, "journal-max-age", b.Sessions.Retention.MaxAge, "journal events older than this are dropped (0 keeps them)")
+	fs.Var(snapshotKeysValue{&b.SnapshotKeys}, "snapshot-keys", `session snapshot keys: a file of "ID:HEX" lines, or the keys inline ("ID:HEX,…"); the first seals, all open; empty: snapshots off`)
+	fs.DurationVar(&b.SnapshotTTL, "snapshot-ttl", b.SnapshotTTL, "how long a sealed session snapshot can be restored from")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevel, "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", c.logFormat, "text or json")
 	return fs
@@ -283,5 +286,37 @@ func (v rulesValue) Set(s string) error {
 		}
 		*v.p = append(*v.p, r)
 	}
+	return nil
+}
+
+// snapshotKeysValue reads snapshot keys inline ("ID:HEX,…") or from a file.
+type snapshotKeysValue struct{ p *[]snapshot.Key }
+
+func (v snapshotKeysValue) String() string {
+	if v.p == nil || len(*v.p) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d keys", len(*v.p)) // never print key material
+}
+
+func (v snapshotKeysValue) Set(s string) error {
+	*v.p = nil
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	if keys, err := snapshot.ParseKeys(strings.NewReader(s)); err == nil {
+		*v.p = keys
+		return nil
+	}
+	f, err := os.Open(s)
+	if err != nil {
+		return fmt.Errorf("neither inline ID:HEX keys nor a readable key file: %v", err)
+	}
+	defer f.Close()
+	keys, err := snapshot.ParseKeys(f)
+	if err != nil {
+		return fmt.Errorf("key file %s: %v", s, err)
+	}
+	*v.p = keys
 	return nil
 }

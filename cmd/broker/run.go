@@ -6,6 +6,9 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/f47fa0da/tether/snapshot"
+	"github.com/f47fa0da/tether/wire"
 )
 
 // usageError is a mistake in the command line; main exits 2 for it.
@@ -23,12 +26,15 @@ Usage:
   broker token list [--user U]      list tokens (never their secrets)
   broker token revoke ID            revoke a token at once
   broker sessions list [--user U]   list sessions (state, phase, last seen)
-  broker sessions show U/S          one session in full
+  broker sessions show U/S          one session in full, with its queue
   broker sessions log U/S           a session's journal, one event a line
+  broker queue peek U/S             a session's queued notifications, oldest first
+  broker queue limit U/S --max N    bound a session's queue (--reset: as configured)
+  broker snapshot-key ID            print a new snapshot key line (ID:HEX) for --snapshot-keys
   broker help                       this text
 
-Run "broker serve -h", "broker token add -h" or "broker sessions log -h"
-for the flags of each.
+Run "broker serve -h", "broker token add -h", "broker sessions log -h" or
+"broker queue limit -h" for the flags of each.
 Operator commands work whether or not a broker runs on the data directory:
 without one they open it directly, with one they go through its admin
 endpoint on loopback.
@@ -43,10 +49,22 @@ func run(ctx context.Context, stop func(), args []string, stdout, stderr io.Writ
 	switch args[0] {
 	case "serve":
 		return serve(ctx, stop, args[1:], stderr, os.LookupEnv)
+	case "snapshot-key":
+		if len(args) != 2 || !wire.ValidName(args[1]) {
+			return usagef("snapshot-key: want one key id, e.g. broker snapshot-key k2026")
+		}
+		line, err := snapshot.NewKeyLine(args[1])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, line)
+		return nil
 	case "token":
 		return tokenCmd(ctx, args[1:], stdout, stderr)
 	case "sessions":
 		return sessionsCmd(ctx, args[1:], stdout, stderr)
+	case "queue":
+		return queueCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

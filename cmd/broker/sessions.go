@@ -22,7 +22,7 @@ import (
 
 const sessionsUsage = `Usage:
   broker sessions list [--user U] [--json]
-  broker sessions show U/S [--json]
+  broker sessions show U/S [--json]     (the session and its queue)
   broker sessions log U/S [--after SEQ] [--limit N] [--json]
 Each takes --data-dir (default $TETHER_DATA_DIR or ./data); flags may come
 before or after U/S.
@@ -83,14 +83,14 @@ func sessionsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return err
 		}
-		var s sessions.Session
-		if err := broker.RunAdmin(ctx, *dir, "sessions.show", map[string]string{"user": user, "session": name}, &s); err != nil {
+		var d broker.SessionDetail
+		if err := broker.RunAdmin(ctx, *dir, "sessions.show", map[string]string{"user": user, "session": name}, &d); err != nil {
 			return notFound(err, user, name)
 		}
 		if *asJSON {
-			return writeJSON(stdout, s)
+			return writeJSON(stdout, d)
 		}
-		return writeSession(stdout, s, time.Now())
+		return writeRows(stdout, append(sessionRows(d.Session, time.Now()), queueRows(d)...))
 	case "log":
 		after := fs.Uint64("after", 0, "only events after this seq (0: from the oldest kept)")
 		limit := fs.Int("limit", 0, "at most this many events (0: all)")
@@ -207,9 +207,9 @@ func writeSessionTable(w io.Writer, list []sessions.Session) error {
 	return tw.Flush()
 }
 
-// writeSession prints s as "key: value" lines, with ages and time left
-// measured from now.
-func writeSession(w io.Writer, s sessions.Session, now time.Time) error {
+// sessionRows is s as "key: value" rows, with ages and time left measured
+// from now.
+func sessionRows(s sessions.Session, now time.Time) [][2]string {
 	nonce := "-"
 	if s.Nonce != "" {
 		nonce = s.Nonce
@@ -237,8 +237,7 @@ func writeSession(w io.Writer, s sessions.Session, now time.Time) error {
 	if j := s.Journal; j.Next > j.First {
 		journal = fmt.Sprintf("seq %d-%d (%d events)", j.First, j.Next-1, j.Next-j.First)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
-	for _, kv := range [][2]string{
+	return [][2]string{
 		{"user", s.User},
 		{"session", s.Name},
 		{"state", string(s.State)},
@@ -252,7 +251,13 @@ func writeSession(w io.Writer, s sessions.Session, now time.Time) error {
 		{"last seen", stampAgo(s.LastSeen, now)},
 		{"policy override", policy},
 		{"journal", journal},
-	} {
+	}
+}
+
+// writeRows prints rows as aligned "key: value" lines.
+func writeRows(w io.Writer, rows [][2]string) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	for _, kv := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	return tw.Flush()

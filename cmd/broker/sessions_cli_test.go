@@ -115,7 +115,13 @@ func checkSessions(t *testing.T, dir string) string {
 	require.Equal(t, "- (no time window)", f["deadline"])
 	require.Equal(t, "none (the configured rules apply)", f["policy override"])
 	require.Equal(t, "seq 1-4 (4 events)", f["journal"])
-	require.Len(t, f, 13)
+	// The queue: never notified (queue_cli_test.go covers a busy one).
+	require.Equal(t, "0 (0 bytes)", f["queued"])
+	require.Equal(t, "none", f["acked"])
+	require.Equal(t, "1", f["next seq"])
+	require.Equal(t, "none", f["dropped"])
+	require.Equal(t, "1000 messages, 1048576 bytes, drop_oldest", f["queue limits"])
+	require.Len(t, f, 18)
 
 	q := showFields(t, dir, "alice/quiz-1")
 	require.Equal(t, "-", q["phase"])

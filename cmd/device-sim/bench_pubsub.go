@@ -1,0 +1,402 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/broker"
+	"github.com/f47fa0da/tether/client"
+	"github.com/f47fa0da/tether/queues"
+)
+
+// pubsubConfig is one `bench pubsub` run: notifiers publishers, each
+// sending messages QoS 1 to its own receiver.
+type pubsubConfig struct {
+	notifiers int
+	messages  int // per notifier
+	inflight  int // unacknowledged publishes per notifier
+	payload   int // padding bytes in each message
+	targets   []string
+	benchFlags
+}
+
+// pubsubResult is one target's outcome.
+type pubsubResult struct {
+	Target    string        `json:"target"`
+	What      string        `json:"what"`
+	Messages  int           `json:"messages"`
+	Acked     int           `json:"acked"`     // PUBACKs the notifiers got
+	Delivered int           `json:"delivered"` // distinct messages the receivers got
+	Elapsed   time.Duration `json:"elapsed_ns"`
+	Rate      float64       `json:"msgs_per_s"` // delivered / (last delivery - first publish)
+	PubRate   float64       `json:"acks_per_s"` // PUBACKs / (last PUBACK - first publish)
+	Latency   Summary       `json:"notify_to_deliver"`
+	Error     string        `json:"error,omitempty"`
+}
+
+// pubsubTargets are the brokers `bench pubsub` knows, in run order.
+var pubsubTargets = map[string]string{
+	"mosquitto":      "Debian mosquitto, plain QoS 1 pub/sub (no persistence)",
+	"mochi":          "bare embedded mochi (default capabilities, AllowHook), plain QoS 1 pub/sub",
+	"tether-plain":   "Tether, plain QoS 1 pub/sub on anonymous topics (no queues, not durable)",
+	"tether":         "Tether durable notifications: service notifier -> fsynced queue -> client SDK device, acked",
+	"tether-enqueue": "Tether durable enqueue only: same notifiers, no device attached (msgs/s = PUBACKs/s)",
+}
+
+func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c := pubsubConfig{}
+	fs := flag.NewFlagSet("bench pubsub", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&c.notifiers, "notifiers", 10, "notifiers, each with its own receiving session")
+	fs.IntVar(&c.messages, "messages", 5000, "messages per notifier")
+	fs.IntVar(&c.inflight, "inflight", 10, "unacknowledged publishes per notifier (1 = wait for each PUBACK)")
+	fs.IntVar(&c.payload, "payload", 64, "padding bytes per message")
+	targets := fs.String("targets", "mosquitto,mochi,tether-plain,tether,tether-enqueue", "brokers to compare, in run order")
+	c.benchFlags.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for _, t := range strings.Split(*targets, ",") {
+		if _, ok := pubsubTargets[t]; !ok {
+			return usagef("bench pubsub: unknown target %q", t)
+		}
+		c.targets = append(c.targets, t)
+	}
+	if c.notifiers < 1 || c.messages < 1 || c.inflight < 1 {
+		return usagef("bench pubsub: --notifiers, --messages and --inflight must be at least 1")
+	}
+	stopProf, err := c.profile()
+	if err != nil {
+		return err
+	}
+	defer stopProf()
+	var results []pubsubResult
+	for _, t := range c.targets {
+		fmt.Fprintf(stderr, "bench pubsub: %s: %d notifiers x %d messages, inflight %d ...\n", t, c.notifiers, c.messages, c.inflight)
+		r := runPubsub(ctx, c, t, stderr)
+		if r.Error != "" {
+			fmt.Fprintf(stderr, "bench pubsub: %s: %s\n", t, r.Error)
+		}
+		results = append(results, r)
+		runtime.GC()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	table := pubsubTable(c, results)
+	fmt.Fprint(stdout, table)
+	if c.jsonFile != "" {
+		if err := writeJSON(c.jsonFile, results); err != nil {
+			return err
+		}
+	}
+	if c.docFile != "" {
+		if err := updateDoc(c.docFile, "device-sim bench pubsub", pubsubDoc(c, results, table)); err != nil {
+			return err
+		}
+	}
+	for _, r := range results {
+		if r.Error != "" {
+			return fmt.Errorf("bench pubsub: %s failed: %s", r.Target, r.Error)
+		}
+	}
+	return nil
+}
+
+// pubsubEnv is a started target: where notifiers publish and how a
+// receiver is attached.
+type pubsubEnv struct {
+	url            string
+	pubUser, pubPw string
+	topic          func(i int) string
+	wrap           bool // payloads go in Tether's notify envelope
+	enqueueOnly    bool // nothing is delivered: the PUBACKs are the result
+	// receive starts receiver i, calling got with each message's benchmark
+	// data (Tether: the notification's data; plain: the payload).
+	receive func(ctx context.Context, i int, got func([]byte)) (stop func(), err error)
+	close   func()
+}
+
+func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Writer) (res pubsubResult) {
+	res = pubsubResult{Target: target, What: pubsubTargets[target], Messages: c.notifiers * c.messages}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	dir, cleanup, err := tempDir("device-sim-pubsub-", c.keep, stderr)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer cleanup()
+	env, err := startPubsubTarget(ctx, target, dir, c.notifiers)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer env.close()
+
+	var (
+		lat       Latency
+		delivered atomic.Int64
+		lastDeliv atomic.Int64
+		allIn     = make(chan struct{})
+		allOnce   sync.Once
+		total     = int64(res.Messages)
+	)
+	for i := range c.notifiers {
+		seen := make([]bool, c.messages)
+		var mu sync.Mutex
+		stop, err := env.receive(ctx, i, func(b []byte) {
+			now := time.Now()
+			d, err := decodeData(b)
+			if err != nil || d.I < 0 || d.I >= len(seen) {
+				return
+			}
+			mu.Lock()
+			dup := seen[d.I]
+			seen[d.I] = true
+			mu.Unlock()
+			if dup {
+				return
+			}
+			lat.Add(now.Sub(time.Unix(0, d.T)))
+			lastDeliv.Store(now.UnixNano())
+			if delivered.Add(1) == total {
+				allOnce.Do(func() { close(allIn) })
+			}
+		})
+		if err != nil {
+			res.Error = fmt.Sprintf("receiver %d: %v", i, err)
+			return res
+		}
+		defer stop()
+	}
+
+	pubs := make([]paho.Client, c.notifiers)
+	for i := range pubs {
+		if pubs[i], err = dialMQTT(ctx, env.url, env.pubUser, env.pubPw, nil); err != nil {
+			res.Error = fmt.Sprintf("notifier %d: %v", i, err)
+			return res
+		}
+		defer pubs[i].Disconnect(100)
+	}
+
+	pad := padding(c.payload)
+	var (
+		acked   atomic.Int64
+		lastAck atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		pubErr  error
+	)
+	start := time.Now()
+	for i, cli := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := publishN(ctx, cli, env.topic(i), c.messages, c.inflight, func(k int) []byte { return encodeData(k, pad, env.wrap) })
+			acked.Add(int64(n))
+			lastAck.Store(time.Now().UnixNano())
+			if err != nil {
+				errOnce.Do(func() { pubErr = fmt.Errorf("notifier %d after %d PUBACKs: %w", i, n, err) })
+			}
+		}()
+	}
+	wg.Wait()
+	if env.enqueueOnly {
+		lastDeliv.Store(lastAck.Load())
+		delivered.Store(acked.Load())
+		allOnce.Do(func() { close(allIn) })
+	}
+	select {
+	case <-allIn:
+	case <-ctx.Done():
+	}
+	res.Acked, res.Delivered = int(acked.Load()), int(delivered.Load())
+	if last := lastDeliv.Load(); last > 0 {
+		res.Elapsed = time.Unix(0, last).Sub(start)
+		res.Rate = float64(res.Delivered) / res.Elapsed.Seconds()
+	}
+	res.PubRate = float64(res.Acked) / time.Unix(0, lastAck.Load()).Sub(start).Seconds()
+	res.Latency = lat.Summary()
+	switch {
+	case pubErr != nil:
+		res.Error = pubErr.Error()
+	case res.Delivered < res.Messages:
+		res.Error = fmt.Sprintf("only %d of %d messages delivered within %s", res.Delivered, res.Messages, c.timeout)
+	}
+	return res
+}
+
+func startPubsubTarget(ctx context.Context, target, dir string, n int) (*pubsubEnv, error) {
+	plainTopic := func(i int) string { return fmt.Sprintf("bench/%d", i) }
+	switch target {
+	case "mosquitto":
+		proc, addr, err := startMosquitto(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic),
+			close: func() { _ = proc.stop(5 * time.Second) }}, nil
+	case "mochi":
+		srv, addr, err := startMochi("127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic),
+			close: func() { _ = srv.Close() }}, nil
+	case "tether-plain", "tether", "tether-enqueue":
+		b, err := openBenchTether(dir, target == "tether-plain")
+		if err != nil {
+			return nil, err
+		}
+		url := "tcp://" + b.Addrs().MQTT
+		if target == "tether-plain" {
+			return &pubsubEnv{url: url, topic: plainTopic, receive: plainReceiver(url, plainTopic),
+				close: func() { _ = b.Close() }}, nil
+		}
+		users := []string{"bench-notifier"}
+		for i := range n {
+			users = append(users, deviceUser(i))
+		}
+		svc, err := addTokens(b.Tokens(), users[:1], auth.RoleService)
+		if err != nil {
+			_ = b.Close()
+			return nil, err
+		}
+		devs, err := addTokens(b.Tokens(), users[1:], auth.RoleDevice)
+		if err != nil {
+			_ = b.Close()
+			return nil, err
+		}
+		receive := tetherReceiver(url, devs)
+		if target == "tether-enqueue" {
+			receive = func(context.Context, int, func([]byte)) (func(), error) { return func() {}, nil }
+		}
+		return &pubsubEnv{
+			url: url, pubUser: users[0], pubPw: svc[users[0]], wrap: true, enqueueOnly: target == "tether-enqueue",
+			topic:   func(i int) string { return "tether/notify/" + deviceUser(i) + "/s" },
+			receive: receive,
+			close:   func() { _ = b.Close() },
+		}, nil
+	}
+	return nil, fmt.Errorf("unknown target %q", target)
+}
+
+func deviceUser(i int) string { return fmt.Sprintf("bench-d%d", i) }
+
+// openBenchTether opens an in-process Tether on dir: MQTT on a free
+// loopback port, nothing else, queues large enough that no notification
+// of the benchmark is dropped.
+func openBenchTether(dir string, anonymous bool) (*broker.Broker, error) {
+	cfg := broker.DefaultConfig()
+	cfg.DataDir = dir
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "", "", "127.0.0.1:0"
+	cfg.AllowAnonymous = anonymous
+	cfg.QueueLimits = queues.Limits{MaxMessages: 1 << 20, MaxBytes: 1 << 30, Policy: queues.DropOldest}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	return broker.Open(cfg)
+}
+
+// plainReceiver subscribes an anonymous paho client to topic(i) at QoS 1.
+func plainReceiver(url string, topic func(int) string) func(context.Context, int, func([]byte)) (func(), error) {
+	return func(ctx context.Context, i int, got func([]byte)) (func(), error) {
+		cli, err := dialMQTT(ctx, url, "", "", nil)
+		if err != nil {
+			return nil, err
+		}
+		tok := cli.Subscribe(topic(i), 1, func(_ paho.Client, m paho.Message) { got(m.Payload()) })
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			cli.Disconnect(0)
+			return nil, errors.Join(errors.New("subscribe failed"), tok.Error())
+		}
+		return func() { cli.Disconnect(100) }, nil
+	}
+}
+
+// tetherReceiver is a client SDK device of session deviceUser(i)/s: it
+// begins, then passes each notification's data on and acknowledges it.
+func tetherReceiver(url string, tokens map[string]string) func(context.Context, int, func([]byte)) (func(), error) {
+	return func(ctx context.Context, i int, got func([]byte)) (func(), error) {
+		cfg := client.DefaultConfig()
+		cfg.URL, cfg.User, cfg.Token, cfg.Session = url, deviceUser(i), tokens[deviceUser(i)], "s"
+		dev, err := client.Dial(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := dev.Begin(ctx); err != nil {
+			dev.Close()
+			return nil, err
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-rctx.Done():
+					return
+				case n := <-dev.Notifications():
+					got(n.Data)
+					dev.Ack(n.Seq)
+				}
+			}
+		}()
+		return func() { cancel(); <-done; dev.Close() }, nil
+	}
+}
+
+// pubsubTable renders the results and the ratios of durable Tether.
+func pubsubTable(c pubsubConfig, rs []pubsubResult) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "notify->deliver, QoS 1: %d notifiers -> %d receivers, %d messages each (%d in all), %d unacknowledged per notifier, %d-byte padding\n\n",
+		c.notifiers, c.notifiers, c.messages, c.notifiers*c.messages, c.inflight, c.payload)
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "target\tdelivered\tseconds\tmsgs/s\tPUBACKs/s\tp50 ms\tp99 ms\t")
+	rate := map[string]float64{}
+	for _, r := range rs {
+		rate[r.Target] = r.Rate
+		p50, p99 := "-", "-"
+		if r.Latency.Count > 0 {
+			p50, p99 = ms(r.Latency.P50), ms(r.Latency.P99)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, thousands(int64(r.Delivered)), formatFloat(r.Elapsed.Seconds(), 2),
+			thousands(int64(r.Rate)), thousands(int64(r.PubRate)), p50, p99)
+	}
+	tw.Flush()
+	b.WriteString("\n")
+	if t := rate["tether"]; t > 0 {
+		for _, other := range []string{"mosquitto", "mochi", "tether-plain", "tether-enqueue"} {
+			if o := rate[other]; o > 0 {
+				fmt.Fprintf(&b, "durable Tether / %s: %.2fx\n", other, t/o)
+			}
+		}
+	}
+	return b.String()
+}
+
+func pubsubDoc(c pubsubConfig, rs []pubsubResult, table string) string {
+	var b strings.Builder
+	b.WriteString("## Notify -> deliver: durable Tether vs mosquitto vs bare mochi\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s by `%s` (all targets in one run).\n\n", today(), machine(), commandLine())
+	b.WriteString("```\n" + table + "```\n\n")
+	for _, r := range rs {
+		fmt.Fprintf(&b, "- **%s**: %s.\n", r.Target, r.What)
+	}
+	b.WriteString("\nmsgs/s counts distinct messages received from the first publish to the last delivery;" +
+		" latency is publish -> receipt on the same clock. The notifiers are the same paho code for every target;" +
+		" Tether's PUBACK comes after the enqueue is fsynced, and its devices acknowledge each notification (a durable ack).\n")
+	return b.String()
+}

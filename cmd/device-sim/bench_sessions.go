@@ -1,0 +1,375 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/f47fa0da/tether/auth"
+)
+
+// maxSessionsPerProcess keeps both ends of the benchmark under the
+// machine's 20,000 open files per process (device-sim holds the client
+// ends, the broker the server ends).
+const maxSessionsPerProcess = 18000
+
+func randomID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func simUser(i int) string { return "sim" + strconv.Itoa(i) }
+
+// idleResult is the memory one broker holds per idle connected session.
+type idleResult struct {
+	Target     string  `json:"target"`
+	Sessions   int     `json:"sessions"`
+	BaseKB     int64   `json:"rss_before_kb"`
+	AfterKB    int64   `json:"rss_after_kb"`
+	PerSession float64 `json:"kb_per_session"`
+	Error      string  `json:"error,omitempty"`
+}
+
+var idleTargets = map[string]string{
+	"tether":    "Tether broker binary (defaults), each session: CONNECT with will, SUBSCRIBE res/tick/notify, begin",
+	"mosquitto": "Debian mosquitto, each client: plain CONNECT",
+	"mochi":     "bare mochi (default capabilities) in its own process, each client: plain CONNECT",
+}
+
+func benchIdleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var bf benchFlags
+	fs := flag.NewFlagSet("bench idle", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sizes := fs.String("sessions", "1000,10000", "comma-separated numbers of idle sessions")
+	targets := fs.String("targets", "tether,mosquitto,mochi", "brokers to measure")
+	conc := fs.Int("concurrency", 64, "sessions connecting at once")
+	settle := fs.Duration("settle", 3*time.Second, "wait before each RSS reading")
+	bf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var ns []int
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > maxSessionsPerProcess {
+			return usagef("bench idle: --sessions: %q is not a number in 1..%d", s, maxSessionsPerProcess)
+		}
+		ns = append(ns, n)
+	}
+	dir, cleanup, err := tempDir("device-sim-idle-", bf.keep, stderr)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	var results []idleResult
+	for _, t := range strings.Split(*targets, ",") {
+		if _, ok := idleTargets[t]; !ok {
+			return usagef("bench idle: unknown target %q", t)
+		}
+		for _, n := range ns {
+			fmt.Fprintf(stderr, "bench idle: %s with %d sessions ...\n", t, n)
+			r := runIdle(ctx, bf, t, n, *conc, *settle, dir)
+			if r.Error != "" {
+				fmt.Fprintf(stderr, "bench idle: %s: %s\n", t, r.Error)
+			}
+			results = append(results, r)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+	}
+	table := idleTable(results)
+	fmt.Fprint(stdout, table)
+	if bf.jsonFile != "" {
+		if err := writeJSON(bf.jsonFile, results); err != nil {
+			return err
+		}
+	}
+	if bf.docFile != "" {
+		var b strings.Builder
+		b.WriteString("## Memory per idle connected session\n\n")
+		fmt.Fprintf(&b, "Measured %s on %s by `%s`.\n\n```\n%s```\n\n", today(), machine(), commandLine(), table)
+		for _, t := range strings.Split(*targets, ",") {
+			fmt.Fprintf(&b, "- **%s**: %s.\n", t, idleTargets[t])
+		}
+		b.WriteString("\nThe broker runs in its own process; its VmRSS (/proc/PID/status) is read after start-up and again once every" +
+			" session is connected (and begun), each after a settle pause; the delta is divided by the sessions. The clients run in" +
+			" device-sim's process, so each process holds one end of each connection (the machine allows 20,000 open files per process).\n")
+		if err := updateDoc(bf.docFile, "device-sim bench idle", b.String()); err != nil {
+			return err
+		}
+	}
+	for _, r := range results {
+		if r.Error != "" {
+			return fmt.Errorf("bench idle: %s failed: %s", r.Target, r.Error)
+		}
+	}
+	return nil
+}
+
+func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, settle time.Duration, root string) (res idleResult) {
+	res = idleResult{Target: target, Sessions: n}
+	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
+	defer cancel()
+	dir, err := os.MkdirTemp(root, target+"-")
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	var (
+		proc   *child
+		addr   string
+		tokens map[string]string
+		begin  bool
+	)
+	switch target {
+	case "tether":
+		users := make([]string, n)
+		for i := range users {
+			users[i] = simUser(i)
+		}
+		if tokens, err = mintTokens(dir, users, auth.RoleDevice); err != nil {
+			break
+		}
+		var bin string
+		if bin, err = brokerBinary(ctx, bf.brokerBin, root); err != nil {
+			break
+		}
+		proc, addr, err = startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+		begin = true
+	case "mosquitto":
+		proc, addr, err = startMosquitto(ctx, dir)
+	case "mochi":
+		var self string
+		if self, err = os.Executable(); err != nil {
+			break
+		}
+		if addr, err = freeAddr(); err != nil {
+			break
+		}
+		if proc, err = startChild("mochi", []string{self, "peer", "mochi", "--addr", addr}); err == nil {
+			if err = proc.waitListening(ctx, addr, 10*time.Second); err != nil {
+				proc.kill9()
+			}
+		}
+	}
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer func() { _ = proc.stop(10 * time.Second) }()
+	sleepCtx(ctx, settle)
+	if res.BaseKB, err = proc.rssKB(); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	sessions, _, err := connectMany(ctx, "tcp://"+addr, n, conc, tokens, begin)
+	defer func() {
+		for _, s := range sessions {
+			s.close()
+		}
+	}()
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	sleepCtx(ctx, settle)
+	if res.AfterKB, err = proc.rssKB(); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	res.PerSession = float64(res.AfterKB-res.BaseKB) / float64(n)
+	return res
+}
+
+// connectMany connects (and begins, with begin) n sessions simSession(i),
+// conc at a time, and returns them with each one's connect(+begin) time.
+func connectMany(ctx context.Context, url string, n, conc int, tokens map[string]string, begin bool) ([]*rawSession, *Latency, error) {
+	var (
+		out  = make([]*rawSession, n)
+		lat  Latency
+		next atomic.Int64
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				t0 := time.Now()
+				s, err := dialRawSession(ctx, url, simUser(i), tokens[simUser(i)], "s", begin)
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					return
+				}
+				lat.Add(time.Since(t0))
+				out[i] = s
+			}
+		}()
+	}
+	wg.Wait()
+	var got []*rawSession
+	for _, s := range out {
+		if s != nil {
+			got = append(got, s)
+		}
+	}
+	if len(errs) > 0 {
+		return got, &lat, fmt.Errorf("%d of %d sessions failed; first: %w", n-len(got), n, errs[0])
+	}
+	return got, &lat, ctx.Err()
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func idleTable(rs []idleResult) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "target\tsessions\tRSS before MiB\tRSS after MiB\tKiB/session\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", r.Target, thousands(int64(r.Sessions)), formatFloat(float64(r.BaseKB)/1024, 1),
+			formatFloat(float64(r.AfterKB)/1024, 1), formatFloat(r.PerSession, 2))
+	}
+	tw.Flush()
+	return b.String()
+}
+
+// connectResult is the connect+begin rate of one run.
+type connectResult struct {
+	Devices     int           `json:"devices"`
+	Concurrency int           `json:"concurrency"`
+	Elapsed     time.Duration `json:"elapsed_ns"`
+	Rate        float64       `json:"sessions_per_s"`
+	Latency     Summary       `json:"connect_begin"`
+	Error       string        `json:"error,omitempty"`
+}
+
+func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var bf benchFlags
+	fs := flag.NewFlagSet("bench connect", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	n := fs.Int("devices", 2000, "devices connecting and beginning")
+	concs := fs.String("concurrency", "16,64,256", "comma-separated numbers of devices connecting at once (one run each)")
+	bf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *n < 1 || *n > maxSessionsPerProcess {
+		return usagef("bench connect: --devices must be 1..%d", maxSessionsPerProcess)
+	}
+	dir, cleanup, err := tempDir("device-sim-connect-", bf.keep, stderr)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	bin, err := brokerBinary(ctx, bf.brokerBin, dir)
+	if err != nil {
+		return err
+	}
+	var results []connectResult
+	for _, cs := range strings.Split(*concs, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(cs))
+		if err != nil || c < 1 {
+			return usagef("bench connect: --concurrency: %q is not a positive number", cs)
+		}
+		fmt.Fprintf(stderr, "bench connect: %d devices, %d at once ...\n", *n, c)
+		r := runConnect(ctx, bf, bin, dir, *n, c)
+		if r.Error != "" {
+			fmt.Fprintf(stderr, "bench connect: %s\n", r.Error)
+		}
+		results = append(results, r)
+	}
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "devices\tat once\tseconds\tsessions/s\tp50 ms\tp99 ms\t")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\n", thousands(int64(r.Devices)), r.Concurrency, formatFloat(r.Elapsed.Seconds(), 2),
+			thousands(int64(r.Rate)), ms(r.Latency.P50), ms(r.Latency.P99))
+	}
+	tw.Flush()
+	fmt.Fprint(stdout, b.String())
+	if bf.jsonFile != "" {
+		if err := writeJSON(bf.jsonFile, results); err != nil {
+			return err
+		}
+	}
+	if bf.docFile != "" {
+		doc := fmt.Sprintf("## Connect + begin rate\n\nMeasured %s on %s by `%s`.\n\n```\n%s```\n\n"+
+			"Each device is a separate MQTT connection of its own user (token minted beforehand) to the broker binary in its own"+
+			" process: CONNECT with the SDK's will, SUBSCRIBE to res/tick/notify, publish begin and wait for its reply (the begin"+
+			" is committed, fsynced, before the reply). The rate is devices / wall time from the first CONNECT to the last begin"+
+			" reply; p50/p99 are per device.\n", today(), machine(), commandLine(), b.String())
+		if err := updateDoc(bf.docFile, "device-sim bench connect", doc); err != nil {
+			return err
+		}
+	}
+	for _, r := range results {
+		if r.Error != "" {
+			return errors.New("bench connect: " + r.Error)
+		}
+	}
+	return nil
+}
+
+func runConnect(ctx context.Context, bf benchFlags, bin, root string, n, conc int) (res connectResult) {
+	res = connectResult{Devices: n, Concurrency: conc}
+	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
+	defer cancel()
+	dir, err := os.MkdirTemp(root, "connect-")
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	users := make([]string, n)
+	for i := range users {
+		users[i] = simUser(i)
+	}
+	tokens, err := mintTokens(dir, users, auth.RoleDevice)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	proc, addr, err := startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer func() { _ = proc.stop(10 * time.Second) }()
+	t0 := time.Now()
+	sessions, lat, err := connectMany(ctx, "tcp://"+addr, n, conc, tokens, true)
+	res.Elapsed = time.Since(t0)
+	for _, s := range sessions {
+		s.close()
+	}
+	res.Rate = float64(len(sessions)) / res.Elapsed.Seconds()
+	res.Latency = lat.Summary()
+	if err != nil {
+		res.Error = err.Error()
+	}
+	return res
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestMain lets the test binary stand in for device-sim when a scenario
+// starts `device-sim broker` as a child (so that it can be kill -9'd).
+func TestMain(m *testing.M) {
+	if os.Getenv(envExec) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		if err != nil {
+			os.Stderr.WriteString("device-sim: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestSmokeWithChaos is the CI proof: the smoke preset with the broker
+// killed by SIGKILL and restarted at least three times, devices crashing
+// (socket dropped, no DISCONNECT) and switching, must end with every
+// invariant holding.
+func TestSmokeWithChaos(t *testing.T) {
+	sc := presets["smoke"]
+	sc.Preset, sc.Duration, sc.KillEvery, sc.Seed, sc.Quiet = "smoke", 14*time.Second, 4*time.Second, time.Now().UnixNano(), true
+	sc.CrashEvery = 4 * time.Second
+	require.NoError(t, sc.Validate())
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rep, err := runScenario(ctx, sc, io.Discard)
+	require.NoError(t, err)
+	t.Log(rep.Table())
+	require.GreaterOrEqual(t, rep.Totals.Restarts, int64(3), "broker kill -9 restarts")
+	require.Positive(t, rep.Totals.Crashes, "device crashes")
+	require.Positive(t, rep.Totals.Calls, "acknowledged calls")
+	require.Positive(t, rep.Totals.Notified, "acknowledged notifications")
+	for _, inv := range rep.Invariants {
+		if inv.Advisory {
+			continue // a liveness finding, reported in the table
+		}
+		require.True(t, inv.Pass, "%s: %d violations, e.g. %v (seed %d)", inv.Name, inv.Violations, inv.Examples, sc.Seed)
+	}
+	require.True(t, rep.Passed)
+}
+
+// TestBrokenBrokerIsCaught proves the checks can fail: a broker whose
+// handler applies one call's effect twice (started through --broker-cmd)
+// must be reported and make device-sim exit non-zero.
+func TestBrokenBrokerIsCaught(t *testing.T) {
+	dir := t.TempDir()
+	report := filepath.Join(dir, "report.json")
+	html := filepath.Join(dir, "report.html")
+	cmd := os.Args[0] + " broker --data-dir {data-dir} --mqtt-addr {mqtt-addr} --fault-double-apply 5"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out strings.Builder
+	err := run(ctx, []string{"run", "--preset", "smoke", "--devices", "3", "--duration", "4s", "--crash-every", "0", "--switch-every", "0",
+		"--broker-cmd", cmd, "--data-dir", filepath.Join(dir, "data"), "--json", report, "--html", html, "--quiet"}, &out, io.Discard)
+	require.ErrorIs(t, err, errViolations)
+	require.Contains(t, out.String(), "RESULT: FAIL")
+
+	var rep Report
+	b, err := os.ReadFile(report)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &rep))
+	require.False(t, rep.Passed)
+	byName := map[string]Invariant{}
+	for _, inv := range rep.Invariants {
+		byName[inv.Name] = inv
+	}
+	twice := byName["no call effect applied twice"]
+	require.False(t, twice.Pass)
+	require.GreaterOrEqual(t, twice.Violations, 1)
+	require.Positive(t, rep.Totals.Calls)
+	page, err := os.ReadFile(html)
+	require.NoError(t, err)
+	require.Contains(t, string(page), "FAIL")
+	require.Contains(t, string(page), "<svg")
+}
+
+func TestParseScenario(t *testing.T) {
+	yamlFile := filepath.Join(t.TempDir(), "s.yaml")
+	require.NoError(t, os.WriteFile(yamlFile, []byte("devices: 7\nnotify_rate: 5\nkill_every: 3s\n"), 0o644))
+	for _, tc := range []struct {
+		name string
+		args []string
+		want func(t *testing.T, s Scenario)
+		err  string
+	}{
+		{name: "preset", args: []string{"--preset", "chaos"}, want: func(t *testing.T, s Scenario) {
+			require.Equal(t, 50, s.Devices)
+			require.Equal(t, 8*time.Second, s.KillEvery)
+		}},
+		{name: "file then flags", args: []string{"--config", yamlFile, "--devices", "9"}, want: func(t *testing.T, s Scenario) {
+			require.Equal(t, 9, s.Devices)
+			require.Equal(t, 5.0, s.NotifyRate)
+			require.Equal(t, 3*time.Second, s.KillEvery)
+			require.Equal(t, presets["smoke"].CallEvery, s.CallEvery)
+		}},
+		{name: "flag zeroes a preset value", args: []string{"--preset", "chaos", "--kill-every", "0"}, want: func(t *testing.T, s Scenario) {
+			require.Zero(t, s.KillEvery)
+		}},
+		{name: "unknown preset", args: []string{"--preset", "nope"}, err: "unknown preset"},
+		{name: "bad transport", args: []string{"--transport", "udp"}, err: "transport"},
+		{name: "fault with broker-cmd", args: []string{"--broker-fault", "--fault-double-apply 1", "--broker-cmd", "x"}, err: "broker-fault"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := parseScenario(tc.args, io.Discard)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				require.True(t, errors.As(err, new(usageError)))
+				return
+			}
+			require.NoError(t, err)
+			tc.want(t, s)
+		})
+	}
+}
+
+func TestUpdateDoc(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "b.md")
+	require.NoError(t, os.WriteFile(f, []byte("# B\n\nhand-written\n"), 0o644))
+	require.NoError(t, updateDoc(f, "x", "one\n"))
+	require.NoError(t, updateDoc(f, "x", "two\n"))
+	b, err := os.ReadFile(f)
+	require.NoError(t, err)
+	require.Equal(t, "# B\n\nhand-written\n\n<!-- begin x -->\ntwo\n<!-- end x -->\n", string(b))
+}

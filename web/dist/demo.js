@@ -1,0 +1,569 @@
+// demo/demo.js
+import { Codes, connect, isStaleNonce } from "./tether.js";
+
+// demo/countdown.js
+var Countdown = class {
+  /**
+   * @param {object} [o]
+   * @param {() => number} [o.now] a monotonic clock in ms (performance.now)
+   * @param {number} [o.driftMs] the disagreement that triggers a correction
+   */
+  constructor({ now = () => performance.now(), driftMs = 1500 } = {}) {
+    this.now = now;
+    this.driftMs = driftMs;
+    this.deadline = null;
+    this.corrections = 0;
+    this.expired = false;
+  }
+  /** start sets the window from begin's remaining_ms (undefined: no window). */
+  start(remainingMs) {
+    this.expired = false;
+    this.deadline = typeof remainingMs === "number" ? this.now() + remainingMs : null;
+  }
+  /**
+   * tick takes a tick's remaining_ms and state; it reports whether the
+   * local clock was corrected.
+   */
+  tick(remainingMs, state) {
+    if (state === "expired") {
+      this.expire();
+      return false;
+    }
+    if (typeof remainingMs !== "number") {
+      return false;
+    }
+    const server = this.now() + remainingMs;
+    if (this.deadline === null) {
+      this.deadline = server;
+      return false;
+    }
+    if (Math.abs(server - this.deadline) <= this.driftMs) {
+      return false;
+    }
+    this.deadline = server;
+    this.corrections++;
+    return true;
+  }
+  /** expire ends the window: the broker's word, whatever the local clock says. */
+  expire() {
+    this.expired = true;
+    if (this.deadline !== null && this.deadline > this.now()) {
+      this.deadline = this.now();
+    }
+  }
+  /** remaining is the time left in ms (0 when past), or null without a window. */
+  remaining() {
+    if (this.deadline === null) {
+      return null;
+    }
+    return Math.max(0, this.deadline - this.now());
+  }
+  /** seconds is the whole seconds to show: 59.2 s left shows as 60 until 59 s are left. */
+  seconds() {
+    const r = this.remaining();
+    return r === null ? null : Math.ceil(r / 1e3);
+  }
+  /** untilChange is how long (ms) until seconds() changes. */
+  untilChange() {
+    const r = this.remaining();
+    if (r === null || r === 0) {
+      return 1e3;
+    }
+    return (r % 1e3 || 1e3) + 5;
+  }
+};
+function formatSeconds(s) {
+  const h = Math.floor(s / 3600);
+  const m = Math.floor(s % 3600 / 60);
+  const sec = String(s % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
+}
+
+// demo/demo.js
+var SETTINGS_KEY = "tether-demo:settings";
+var TOKEN_KEY = "tether-demo:token";
+var BUY = "demo.buy";
+var NAME = /^[A-Za-z0-9._-]{1,64}$/;
+var $ = (id) => document.getElementById(id);
+var page = {
+  settings: null,
+  client: null,
+  begun: null,
+  run: 0,
+  // bumped on every start and leave: stale async work checks it
+  stale: false,
+  clock: new Countdown(),
+  clockTimer: 0,
+  ticks: 0,
+  lastTickAt: 0,
+  buying: false,
+  shop: { memento: 0, count: null, pending: null }
+  // pending: {memento} of a purchase not confirmed yet
+};
+function loadJSON(storage, key, fallback) {
+  try {
+    return JSON.parse(storage.getItem(key)) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+var shopKey = (s) => `tether-demo:shop:${s.user}/${s.session}`;
+function saveShop() {
+  localStorage.setItem(shopKey(page.settings), JSON.stringify(page.shop));
+}
+async function init() {
+  const params = new URLSearchParams(location.search);
+  const saved = loadJSON(localStorage, SETTINGS_KEY, {});
+  page.configuredWS = await configuredWS();
+  const ws = params.get("ws") || saved.ws || page.configuredWS;
+  const settings = {
+    ws,
+    user: params.get("user") || saved.user || "",
+    session: params.get("session") || saved.session || "demo",
+    lostAfter: Number(saved.lostAfter) || 3,
+    token: sessionStorage.getItem(TOKEN_KEY) || ""
+  };
+  fillForm(settings);
+  $("form").addEventListener("submit", onSubmit);
+  $("buy").addEventListener("click", () => buy());
+  $("end").addEventListener("click", endSession);
+  $("leave").addEventListener("click", () => leave());
+  $("banner-action").addEventListener("click", () => page.bannerAction?.());
+  setInterval(renderLastTick, 1e3);
+  if (settings.user && settings.session && settings.token && settings.ws) {
+    start(settings);
+  } else {
+    showForm();
+  }
+}
+async function configuredWS() {
+  try {
+    const res = await fetch("config.json", { cache: "no-store" });
+    if (res.ok) {
+      const cfg = await res.json();
+      if (typeof cfg.ws_url === "string" && cfg.ws_url) {
+        return cfg.ws_url;
+      }
+    }
+  } catch {
+  }
+  return `ws://${location.hostname || "localhost"}:8083/mqtt`;
+}
+function fillForm(s) {
+  const f = $("form").elements;
+  f.user.value = s.user;
+  f.session.value = s.session;
+  f.token.value = s.token;
+  f.ws.value = s.ws;
+  f.lostAfter.value = s.lostAfter;
+}
+function onSubmit(ev) {
+  ev.preventDefault();
+  const f = $("form").elements;
+  const s = {
+    ws: f.ws.value.trim(),
+    user: f.user.value.trim(),
+    session: f.session.value.trim(),
+    token: f.token.value.trim(),
+    lostAfter: Math.max(1, Math.min(20, Number(f.lostAfter.value) || 3))
+  };
+  const problem = !NAME.test(s.user) ? "User: letters, digits, dot, dash and underscore, at most 64." : !NAME.test(s.session) ? "Session: letters, digits, dot, dash and underscore, at most 64." : !s.token ? "Token: paste the token issued for this user." : !/^wss?:\/\/./.test(s.ws) ? "WebSocket URL: ws://host:port/mqtt or wss://\u2026" : "";
+  if (problem) {
+    showFormError(problem);
+    return;
+  }
+  start(s);
+}
+function showForm(error) {
+  $("live").hidden = true;
+  $("connect").hidden = false;
+  setLink("off", "not connected");
+  showFormError(error);
+}
+function showFormError(text) {
+  $("form-error").hidden = !text;
+  $("form-error").textContent = text || "";
+}
+async function start(s) {
+  const run = ++page.run;
+  page.settings = s;
+  const ws = s.ws === page.configuredWS ? void 0 : s.ws;
+  localStorage.setItem(SETTINGS_KEY, JSON.stringify({ ws, user: s.user, session: s.session, lostAfter: s.lostAfter }));
+  sessionStorage.setItem(TOKEN_KEY, s.token);
+  page.shop = { memento: 0, count: null, pending: null, ...loadJSON(localStorage, shopKey(s), {}) };
+  resetLive(s);
+  let client;
+  for (let wait = 1e3; ; wait = Math.min(wait * 2, 5e3)) {
+    setLink("off", "connecting\u2026");
+    try {
+      client = await connect(s.ws, s.user, s.token, s.session, { lostAfter: s.lostAfter, trace: logWire });
+      break;
+    } catch (err) {
+      if (run !== page.run) {
+        return;
+      }
+      if (err.code === Codes.Unauthorized || err.code === Codes.Forbidden) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        showForm(`The broker refused user ${s.user} with this token: it is unknown, expired or revoked.`);
+        return;
+      }
+      banner("lost", `Cannot reach the broker at ${s.ws}. Trying again\u2026`);
+      await sleep(wait);
+      if (run !== page.run) {
+        return;
+      }
+    }
+  }
+  if (run !== page.run) {
+    client.close();
+    return;
+  }
+  page.client = client;
+  client.on("link", (state) => setLink(state === "up" ? "on" : "off", state === "up" ? "connected" : "reconnecting\u2026"));
+  client.on("tick", onTick);
+  client.on("lost", () => {
+    setState("unreachable");
+    banner("lost", `Connection lost: no tick from the broker for ${s.lostAfter} tick intervals. Reconnecting\u2026`);
+  });
+  client.on("recovered", () => banner("ok", "Connection back: ticks are arriving again.", 3e3));
+  client.on("stale", () => onStale());
+  client.on("acked", (upto) => onAcked(upto));
+  client.on("snapshot", (snap) => showSnapshot(snap));
+  showSnapshot(client.snapshot());
+  client.on("error", (err) => onClientError(err));
+  client.onNotify((n) => showNotification(n));
+  setLink("on", "connected");
+  banner(null);
+  await begin(run);
+}
+async function begin(run) {
+  const client = page.client;
+  let b;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      b = await client.begin();
+      break;
+    } catch (err) {
+      if (run !== page.run) {
+        return;
+      }
+      if (err.code === Codes.SessionExpired) {
+        showExpired();
+        return;
+      }
+      if ((err.code === Codes.ConnectionLost || err.code === Codes.Timeout) && attempt < 5) {
+        await sleep(1e3);
+        continue;
+      }
+      setBuyStatus(`Could not begin: ${err.reason || err.message}`, "error");
+      return;
+    }
+  }
+  page.begun = b;
+  page.stale = false;
+  banner(null);
+  $("begun").textContent = b.crashed ? "after a crash" : b.next_seq > 1 ? "after an end" : "fresh";
+  $("begun").title = b.crashed ? "The previous visit never ended the session: the page resumed after its memento." : "";
+  $("begun").dataset.crashed = String(b.crashed);
+  if (b.acked > 0) {
+    $("acked").textContent = `acknowledged up to #${b.acked}`;
+  }
+  setState(b.state);
+  page.clock.start(b.remaining_ms);
+  renderClock();
+  await resume(run, b);
+}
+async function resume(run, b) {
+  const client = page.client;
+  const server = typeof b.memento === "number" ? b.memento : 0;
+  const pending = page.shop.pending;
+  page.shop.memento = server;
+  renderShop();
+  try {
+    if (pending && pending.memento > server) {
+      setBuyStatus("A purchase was under way when the page went away and never reached the broker: making it now, once.");
+      await buy(pending.memento, "resumed");
+      return;
+    }
+    if (pending) {
+      page.resumeNote = "A purchase was under way when the page went away: the broker had committed it, so it was not made again.";
+    }
+    page.shop.pending = null;
+    saveShop();
+    if (b.next_seq > 1) {
+      const last = await client.call(BUY, {}, server, { seq: b.next_seq - 1 });
+      if (run !== page.run) {
+        return;
+      }
+      page.shop.count = typeof last?.count === "number" ? last.count : null;
+    } else {
+      page.shop.count = 0;
+    }
+    saveShop();
+    renderShop();
+    setBuyStatus(page.resumeNote || "");
+    page.resumeNote = "";
+  } catch (err) {
+    if (run === page.run) {
+      callFailed(err);
+    }
+  } finally {
+    enableBuy();
+  }
+}
+async function buy(memento, how) {
+  const client = page.client;
+  if (!client || page.buying) {
+    return;
+  }
+  const m = memento ?? page.shop.pending?.memento ?? page.shop.memento + 1;
+  page.shop.pending = { memento: m };
+  saveShop();
+  page.buying = true;
+  enableBuy();
+  setBuyStatus(client.connected ? `Buying (purchase #${m})\u2026` : `Waiting for the connection: purchase #${m} will be sent once it is back.`);
+  const run = page.run;
+  try {
+    const reply = await client.call(BUY, {}, m);
+    if (run !== page.run) {
+      return;
+    }
+    page.shop = { memento: m, count: typeof reply?.count === "number" ? reply.count : null, pending: null };
+    saveShop();
+    renderShop();
+    setBuyStatus(how === "resumed" ? `Purchase #${m} committed after the reload, once.` : `Purchase #${m} committed.`, "ok");
+  } catch (err) {
+    if (run === page.run) {
+      callFailed(err);
+    }
+  } finally {
+    page.buying = false;
+    enableBuy();
+  }
+}
+function callFailed(err) {
+  if (isStaleNonce(err)) {
+    return;
+  }
+  switch (err.code) {
+    case Codes.SessionExpired:
+      showExpired();
+      break;
+    case Codes.Timeout:
+    case Codes.ConnectionLost:
+      setBuyStatus("Not confirmed yet. Press Buy again to retry the same purchase: it will not be made twice.", "warn");
+      break;
+    case Codes.UnknownMethod:
+      setBuyStatus(`This broker has no ${BUY} handler.`, "error");
+      break;
+    default:
+      setBuyStatus(`The purchase failed: ${err.reason || err.message}`, "error");
+  }
+}
+function enableBuy() {
+  const ok = page.client && page.begun && !page.stale && !page.clock.expired && !page.buying;
+  $("buy").disabled = !ok;
+  $("buy").textContent = page.shop.pending && !page.buying ? "Retry purchase" : "Buy";
+}
+function renderShop() {
+  $("count").textContent = page.shop.count === null ? "\u2014" : String(page.shop.count);
+  $("memento").textContent = String(page.shop.memento);
+}
+function setBuyStatus(text, kind = "") {
+  $("buy-status").textContent = text;
+  $("buy-status").dataset.kind = kind;
+}
+function onTick(t) {
+  page.ticks++;
+  page.lastTickAt = Date.now();
+  $("ticks").textContent = String(page.ticks);
+  renderLastTick();
+  if (t.state) {
+    setState(t.state);
+  }
+  if (page.clock.tick(t.remaining_ms, t.state)) {
+    $("corrections").textContent = String(page.clock.corrections);
+  }
+  if (t.state === "expired") {
+    showExpired();
+    return;
+  }
+  renderClock();
+}
+function renderClock() {
+  clearTimeout(page.clockTimer);
+  const c = page.clock;
+  const s = c.seconds();
+  const el = $("countdown");
+  if (s === null) {
+    el.textContent = "\u221E";
+    el.dataset.seconds = "";
+    $("clock-note").textContent = "no time window: this session never expires (the broker sets windows by policy)";
+    return;
+  }
+  el.textContent = formatSeconds(s);
+  el.dataset.seconds = String(s);
+  if (c.expired) {
+    $("clock-note").textContent = "time is up: the broker has closed this session";
+    return;
+  }
+  $("clock-note").textContent = s > 0 ? "time left" : "time is up: waiting for the broker to close the session\u2026";
+  page.clockTimer = setTimeout(renderClock, c.untilChange());
+}
+function showExpired() {
+  page.clock.expire();
+  setState("expired");
+  renderClock();
+  $("countdown").dataset.expired = "true";
+  banner(null);
+  setBuyStatus("The session expired: no more purchases in it. Start another session to go on.", "warn");
+  enableBuy();
+}
+function renderLastTick() {
+  if (!page.lastTickAt) {
+    return;
+  }
+  const ago = Math.round((Date.now() - page.lastTickAt) / 1e3);
+  $("last-tick").textContent = ago < 1 ? "just now" : `${ago} s ago`;
+}
+function showSnapshot(snap) {
+  const el = $("snapshot");
+  el.hidden = !snap?.version;
+  el.textContent = snap?.version ? `snapshot v${snap.version} kept` : "";
+  el.dataset.version = snap?.version ? String(snap.version) : "";
+}
+function setState(state) {
+  $("state").textContent = state;
+  $("state").dataset.state = state;
+}
+function setLink(state, text) {
+  $("link").dataset.state = state;
+  $("link").textContent = text;
+}
+function onStale() {
+  page.stale = true;
+  enableBuy();
+  setState("taken over");
+  banner("stale", "Another tab or device took over this session: this page stopped.", 0, "Take it back", () => begin(page.run));
+}
+function showNotification(n) {
+  $("notes-empty").hidden = true;
+  const li = document.createElement("li");
+  li.dataset.seq = String(n.seq);
+  const seq = document.createElement("span");
+  seq.className = "seq";
+  seq.textContent = `#${n.seq}`;
+  const data = document.createElement("code");
+  data.className = "data";
+  data.textContent = typeof n.data === "string" ? n.data : JSON.stringify(n.data);
+  const when = document.createElement("time");
+  when.className = "muted small";
+  const at = typeof n.ts === "number" ? new Date(n.ts) : /* @__PURE__ */ new Date();
+  when.dateTime = at.toISOString();
+  when.textContent = at.toLocaleTimeString();
+  li.append(seq, data, when);
+  $("notes").prepend(li);
+  while ($("notes").children.length > 100) {
+    $("notes").lastElementChild.remove();
+  }
+}
+function onAcked(upto) {
+  $("acked").textContent = `acknowledged up to #${upto}`;
+  for (const li of $("notes").children) {
+    if (Number(li.dataset.seq) <= upto) {
+      li.classList.add("acked");
+    }
+  }
+  $("notes-error").hidden = true;
+}
+function onClientError(err) {
+  logLine("!", err.message);
+  if (err.code === Codes.Unauthorized) {
+    leave();
+    showForm("The broker no longer accepts this token (expired or revoked): paste a valid one.");
+    return;
+  }
+  if (err.op === "ack") {
+    $("notes-error").hidden = false;
+    $("notes-error").textContent = `Acknowledging up to #${err.upto} failed: ${err.reason || err.message}`;
+  }
+}
+async function endSession() {
+  const client = page.client;
+  if (client && page.begun && !page.stale) {
+    try {
+      await client.end();
+    } catch (err) {
+      if (!isStaleNonce(err) && err.code !== Codes.SessionExpired) {
+        setBuyStatus(`Could not end the session: ${err.reason || err.message}`, "error");
+        return;
+      }
+    }
+  }
+  localStorage.removeItem(shopKey(page.settings));
+  leave();
+}
+function leave() {
+  page.run++;
+  page.client?.close();
+  page.client = null;
+  page.begun = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(page.clockTimer);
+  banner(null);
+  fillForm({ ...page.settings, token: "" });
+  showForm();
+}
+function resetLive(s) {
+  page.client?.close();
+  page.client = null;
+  page.begun = null;
+  page.stale = false;
+  page.ticks = 0;
+  page.lastTickAt = 0;
+  page.clock = new Countdown();
+  $("connect").hidden = true;
+  $("live").hidden = false;
+  $("who").textContent = `${s.user} / ${s.session}`;
+  $("ticks").textContent = "0";
+  $("last-tick").textContent = "\u2014";
+  $("corrections").textContent = "0";
+  $("begun").textContent = "\u2014";
+  $("countdown").textContent = "\u2013:\u2013\u2013";
+  delete $("countdown").dataset.expired;
+  $("notes").replaceChildren();
+  $("notes-empty").hidden = false;
+  $("acked").textContent = "none acknowledged";
+  showSnapshot(null);
+  setState("connecting");
+  setBuyStatus("");
+  renderShop();
+  enableBuy();
+}
+function banner(kind, text = "", hideAfter = 0, action = "", onAction = null) {
+  const el = $("banner");
+  clearTimeout(page.bannerTimer);
+  el.hidden = !kind;
+  el.dataset.kind = kind || "";
+  $("banner-text").textContent = text;
+  $("banner-action").hidden = !action;
+  $("banner-action").textContent = action;
+  page.bannerAction = onAction;
+  if (kind && hideAfter > 0) {
+    page.bannerTimer = setTimeout(() => banner(null), hideAfter);
+  }
+}
+function logWire(dir, topic, text) {
+  logLine(dir, `${topic.split("/").pop()} ${text}`);
+}
+function logLine(dir, text) {
+  const li = document.createElement("li");
+  li.textContent = `${(/* @__PURE__ */ new Date()).toLocaleTimeString()} ${dir} ${text}`;
+  const log = $("log");
+  log.prepend(li);
+  while (log.children.length > 200) {
+    log.lastElementChild.remove();
+  }
+}
+var sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+init();

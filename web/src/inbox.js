@@ -1,0 +1,162 @@
+// Inbox delivers a session's notifications to the application in seq order,
+// once each, and acknowledges them after the application handled them.
+//
+// The broker delivers at least once: after a reconnect or a new begin it
+// sends again everything after the last acknowledged seq. So a notification
+// whose seq is not above the highest seen is a duplicate and is dropped.
+// Seqs may skip (an overflow policy dropped some): gaps are not waited for.
+//
+// Acks are cumulative ({"op":"ack","upto":seq} covers every seq up to it) and
+// coalesced: at most one ack is in flight; when it completes, one more is
+// sent for the highest seq handled meanwhile, if any.
+//
+// Inbox knows nothing of MQTT: the client gives it the function that sends
+// an ack and resolves when the broker confirmed it.
+export class Inbox {
+  /**
+   * @param {object} hooks
+   * @param {(upto: number) => Promise<unknown>} hooks.sendAck
+   * @param {(n: {seq: number, data: unknown, ts?: number}) => (void|Promise<void>)} [hooks.handle]
+   * @param {(upto: number) => void} [hooks.onAcked]
+   * @param {(err: Error) => void} [hooks.onError] a handler's error, or an ack's (with op 'ack' and upto)
+   * @param {() => boolean} [hooks.canAck] whether an ack can be sent now (an instance is current)
+   * @param {boolean} [hooks.autoAck] ack each notification once handle resolved (default true)
+   */
+  constructor({ sendAck, handle, onAcked, onError, canAck, autoAck = true }) {
+    this.sendAck = sendAck;
+    this.canAck = canAck ?? (() => true);
+    this.handle = handle ?? (() => {});
+    this.onAcked = onAcked ?? (() => {});
+    this.onError = onError ?? (() => {});
+    this.autoAck = autoAck;
+    this.lastSeen = 0; // highest seq accepted for delivery
+    this.handled = 0; // highest seq the application handled (what the next ack covers)
+    this.acked = 0; // highest seq the broker confirmed
+    this.inFlight = 0; // upto of the ack in flight; 0 when none
+    this.blocked = false; // a handler failed: hold acks until the next begin
+    this.queue = [];
+    this.draining = false;
+    this.again = false; // a flush was asked for while an ack was in flight
+  }
+
+  /**
+   * receive takes one notification as it arrived; it reports whether it was
+   * accepted (false for duplicates and malformed payloads).
+   */
+  receive(n) {
+    if (n === null || typeof n !== 'object' || !Number.isSafeInteger(n.seq) || n.seq < 1) {
+      this.onError(new Error('tether: notification without a positive integer seq'));
+      return false;
+    }
+    if (n.seq <= this.lastSeen) {
+      return false;
+    }
+    this.lastSeen = n.seq;
+    this.queue.push(n);
+    void this.drain();
+    return true;
+  }
+
+  async drain() {
+    if (this.draining) {
+      return;
+    }
+    this.draining = true;
+    try {
+      while (this.queue.length > 0) {
+        const n = this.queue.shift();
+        try {
+          await this.handle(n);
+        } catch (err) {
+          // Not handled, so not acknowledged: the broker sends it again to
+          // the next instance. Later ones are delivered but not acked, since
+          // an ack is cumulative.
+          this.blocked = true;
+          this.onError(err instanceof Error ? err : new Error(String(err)));
+          continue;
+        }
+        if (this.autoAck && !this.blocked) {
+          this.ack(n.seq);
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  /** ack marks everything up to seq handled and acknowledges it (coalesced). */
+  ack(seq) {
+    if (seq > this.handled) {
+      this.handled = seq;
+    }
+    this.flush();
+  }
+
+  /** flush sends an ack if something handled is not acknowledged yet and none is in flight. */
+  flush() {
+    if (this.inFlight !== 0) {
+      this.again = true; // once the ack in flight completes
+      return;
+    }
+    this.again = false;
+    if (this.handled <= this.acked || !this.canAck()) {
+      return; // nothing to ack, or not yet: begun() flushes
+    }
+    const upto = this.handled;
+    this.inFlight = upto;
+    let sent;
+    try {
+      sent = Promise.resolve(this.sendAck(upto));
+    } catch (err) {
+      sent = Promise.reject(err);
+    }
+    sent
+      .then(
+        () => {
+          if (upto > this.acked) {
+            this.acked = upto;
+            this.onAcked(upto);
+          }
+        },
+        (err) => {
+          const e = err instanceof Error ? err : new Error(String(err));
+          this.onError(Object.assign(e, { op: 'ack', upto }));
+        },
+      )
+      .finally(() => {
+        this.inFlight = 0;
+        // A newer handled seq, or a flush asked for meanwhile (a begin), is
+        // worth another ack now; a failed one alone waits for the next flush.
+        if (this.handled > upto || this.again) {
+          this.flush();
+        }
+      });
+  }
+
+  /**
+   * beginning is called as a begin is sent. The broker sends the new
+   * instance everything after its acked seq, possibly before the begin's
+   * reply. After a handler failed, what followed the last handled seq is
+   * accepted again; otherwise nothing changes: what arrives again is a
+   * duplicate.
+   */
+  beginning() {
+    if (this.blocked) {
+      this.queue.length = 0;
+      this.lastSeen = this.handled;
+      this.blocked = false;
+    }
+  }
+
+  /**
+   * begun is called with the begin reply's acked seq: what the broker (or
+   * another device) acknowledged is not delivered nor acked again, and what
+   * was handled here but not acknowledged is acknowledged now.
+   */
+  begun(brokerAcked = 0) {
+    this.acked = Math.max(this.acked, brokerAcked);
+    this.handled = Math.max(this.handled, brokerAcked);
+    this.lastSeen = Math.max(this.lastSeen, brokerAcked);
+    this.flush();
+  }
+}

@@ -1,0 +1,248 @@
+// Unit tests of the client's notification inbox: order, de-duplication and
+// coalesced cumulative acks. Run by `node --test test/unit/` (TestJSUnit).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { Inbox } from '../../src/inbox.js';
+
+// settle lets queued promise callbacks run.
+const settle = () => new Promise((r) => setTimeout(r, 0));
+
+// fakeAcks records acks and lets the test decide when each completes.
+function fakeAcks() {
+  const sent = [];
+  const waiting = [];
+  return {
+    sent,
+    send: (upto) => {
+      sent.push(upto);
+      return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+    },
+    complete: async (err) => {
+      const w = waiting.shift();
+      assert.ok(w, 'no ack in flight');
+      if (err) {
+        w.reject(err);
+      } else {
+        w.resolve({});
+      }
+      await settle();
+    },
+    inFlight: () => waiting.length,
+  };
+}
+
+function inbox(acks, extra = {}) {
+  const handled = [];
+  const acked = [];
+  const errors = [];
+  const box = new Inbox({
+    sendAck: acks.send,
+    handle: (n) => {
+      handled.push(n.seq);
+    },
+    onAcked: (upto) => acked.push(upto),
+    onError: (err) => errors.push(err.message),
+    ...extra,
+  });
+  return { box, handled, acked, errors };
+}
+
+test('delivers in seq order and drops every seq not above the last seen', async () => {
+  const acks = fakeAcks();
+  const { box, handled } = inbox(acks);
+  for (const seq of [1, 2, 2, 1, 3, 5, 4, 5, 6]) {
+    box.receive({ seq, data: `n${seq}` });
+  }
+  await settle();
+  assert.deepEqual(handled, [1, 2, 3, 5, 6], 'duplicates and late arrivals dropped; gaps not waited for');
+});
+
+test('refuses payloads without a positive integer seq', async () => {
+  const { box, handled, errors } = inbox(fakeAcks());
+  assert.equal(box.receive({ seq: 0 }), false);
+  assert.equal(box.receive({ seq: '3' }), false);
+  assert.equal(box.receive(null), false);
+  assert.equal(box.receive({ seq: 1.5 }), false);
+  await settle();
+  assert.deepEqual(handled, []);
+  assert.equal(errors.length, 4);
+});
+
+test('acks are cumulative and coalesced: one in flight, then the latest', async () => {
+  const acks = fakeAcks();
+  const { box, acked } = inbox(acks);
+  box.receive({ seq: 1 });
+  await settle();
+  assert.deepEqual(acks.sent, [1]);
+  for (const seq of [2, 3, 4]) {
+    box.receive({ seq });
+  }
+  await settle();
+  assert.deepEqual(acks.sent, [1], 'no second ack while one is in flight');
+  await acks.complete();
+  assert.deepEqual(acked, [1]);
+  assert.deepEqual(acks.sent, [1, 4], 'then one ack for the latest handled');
+  await acks.complete();
+  assert.deepEqual(acked, [1, 4]);
+  assert.equal(acks.inFlight(), 0);
+  assert.equal(box.acked, 4);
+});
+
+test('waits for an async handler before acking, one notification at a time', async () => {
+  const acks = fakeAcks();
+  const started = [];
+  let release;
+  const box = new Inbox({
+    sendAck: acks.send,
+    handle: (n) => {
+      started.push(n.seq);
+      return n.seq === 1 ? new Promise((r) => (release = r)) : undefined;
+    },
+  });
+  box.receive({ seq: 1 });
+  box.receive({ seq: 2 });
+  await settle();
+  assert.deepEqual(started, [1], 'seq 2 waits for seq 1');
+  assert.deepEqual(acks.sent, []);
+  release();
+  await settle();
+  await settle();
+  assert.deepEqual(started, [1, 2]);
+  assert.deepEqual(acks.sent, [1]);
+});
+
+test('a failing handler holds acks; the next begin delivers the rest again', async () => {
+  const acks = fakeAcks();
+  const handled = [];
+  const errors = [];
+  const box = new Inbox({
+    sendAck: acks.send,
+    handle: (n) => {
+      if (n.seq === 2 && handled.length === 1) {
+        throw new Error('cannot show it');
+      }
+      handled.push(n.seq);
+    },
+    onError: (err) => errors.push(err.message),
+  });
+  box.receive({ seq: 1 });
+  await settle();
+  await acks.complete();
+  box.receive({ seq: 2 });
+  box.receive({ seq: 3 });
+  await settle();
+  assert.deepEqual(handled, [1, 3]);
+  assert.deepEqual(errors, ['cannot show it']);
+  assert.deepEqual(acks.sent, [1], 'nothing after the failed seq is acked');
+
+  box.beginning(); // a new begin: the broker sends everything after 1 again
+  box.receive({ seq: 2 });
+  box.receive({ seq: 3 });
+  box.begun(1);
+  await settle();
+  assert.deepEqual(handled, [1, 3, 2, 3]);
+  assert.deepEqual(acks.sent, [1, 2]);
+  await acks.complete();
+  assert.deepEqual(acks.sent, [1, 2, 3]);
+});
+
+test('a begin drops what was handled but not yet acked, and acks it', async () => {
+  const acks = fakeAcks();
+  const { box, handled } = inbox(acks);
+  box.receive({ seq: 1 });
+  box.receive({ seq: 2 });
+  await settle();
+  assert.deepEqual(acks.sent, [1]);
+  await acks.complete(new Error('connection lost'));
+  assert.deepEqual(acks.sent, [1, 2], 'the newer handled seq is tried');
+  await acks.complete(new Error('connection lost'));
+
+  box.beginning(); // begin again: the broker acked nothing and resends 1 and 2
+  box.receive({ seq: 1 });
+  box.receive({ seq: 2 });
+  box.receive({ seq: 3 });
+  box.begun(0);
+  await settle();
+  assert.deepEqual(handled, [1, 2, 3], 'each once');
+  assert.deepEqual(acks.sent, [1, 2, 2]);
+  await acks.complete();
+  assert.deepEqual(acks.sent, [1, 2, 2, 3]);
+});
+
+test('notifications that arrive before the begin reply are kept, and acked once begun', async () => {
+  const acks = fakeAcks();
+  let current = false;
+  const handled = [];
+  const errors = [];
+  const box = new Inbox({
+    sendAck: acks.send,
+    canAck: () => current,
+    handle: (n) => {
+      handled.push(n.seq);
+    },
+    onError: (err) => errors.push(err.message),
+  });
+  box.beginning();
+  box.receive({ seq: 4 });
+  box.receive({ seq: 5 });
+  await settle();
+  assert.deepEqual(handled, [4, 5]);
+  assert.deepEqual(acks.sent, [], 'no ack without an instance');
+  current = true;
+  box.begun(3);
+  assert.deepEqual(acks.sent, [5]);
+  await acks.complete();
+  assert.equal(box.acked, 5);
+  assert.deepEqual(errors, []);
+});
+
+test('a begin while an ack is in flight acks again once it completes', async () => {
+  const acks = fakeAcks();
+  const { box } = inbox(acks);
+  box.receive({ seq: 1 });
+  await settle();
+  assert.deepEqual(acks.sent, [1]);
+  box.beginning();
+  box.begun(0);
+  await acks.complete(new Error('stale nonce')); // the old instance's ack
+  assert.deepEqual(acks.sent, [1, 1], 'sent again under the new instance');
+  await acks.complete();
+  assert.equal(box.acked, 1);
+});
+
+test("a begin adopts the broker's acked seq (what another device handled)", async () => {
+  const acks = fakeAcks();
+  const { box, handled } = inbox(acks);
+  box.beginning();
+  box.begun(7);
+  box.receive({ seq: 7 });
+  box.receive({ seq: 8 });
+  await settle();
+  assert.deepEqual(handled, [8]);
+  assert.deepEqual(acks.sent, [8]);
+});
+
+test('a failed ack is reported with op ack and its upto', async () => {
+  const acks = fakeAcks();
+  const errs = [];
+  const box = new Inbox({ sendAck: acks.send, onError: (e) => errs.push(e) });
+  box.receive({ seq: 2 });
+  await settle();
+  await acks.complete(new Error('bad_request'));
+  assert.equal(errs.length, 1);
+  assert.equal(errs[0].op, 'ack');
+  assert.equal(errs[0].upto, 2);
+});
+
+test('with autoAck off, only ack() acknowledges', async () => {
+  const acks = fakeAcks();
+  const { box, handled } = inbox(acks, { autoAck: false });
+  box.receive({ seq: 1 });
+  box.receive({ seq: 2 });
+  await settle();
+  assert.deepEqual(handled, [1, 2]);
+  assert.deepEqual(acks.sent, []);
+  box.ack(2);
+  assert.deepEqual(acks.sent, [2]);
+});
