@@ -765,12 +765,17 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 	if err != nil {
 		return err
 	}
-	select { // wait for the connection and its subscriptions (see Client.ready)
-	case <-c.readyChan():
-	case <-ctx.Done():
-		return fmt.Errorf("client: %s: not connected: %w", req.Op, context.Cause(ctx))
-	case <-c.ctx.Done():
-		return ErrClosed
+	ready := c.readyChan()
+	select {
+	case <-ready: // connected: send now, whatever the deadline says
+	default: // wait for the connection and its subscriptions (see Client.ready)
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return fmt.Errorf("client: %s: not connected: %w", req.Op, context.Cause(ctx))
+		case <-c.ctx.Done():
+			return ErrClosed
+		}
 	}
 	p := &pending{payload: payload, gen: c.gen.Load(), resend: resend, done: make(chan reply, 1), onOK: onOK}
 	c.mu.Lock()
