@@ -265,6 +265,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetUsername(cfg.User).SetPassword(cfg.Token).
 		SetProtocolVersion(4).
 		SetCleanSession(true).
+		SetStore(noStore{}). // no replays by paho: see noStore
 		SetKeepAlive(cfg.KeepAlive).
 		SetPingTimeout(cfg.KeepAlive).
 		SetConnectTimeout(cfg.RequestTimeout).
