@@ -48,7 +48,7 @@ func seedSessions(tb testing.TB, dir string, n int) {
 // on a data directory holding 0 or 100k sessions: start-up must not grow
 // with them, since sessions load lazily.
 func BenchmarkStartup(b *testing.B) {
-	for _, n := range []int{0, 100_000} {
+	for _, n := range []int{0, 100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
 			cfg := brokertest.Config(b)
 			seedSessions(b, cfg.DataDir, n)
