@@ -158,15 +158,22 @@ func (d *delivery) begin(user, session string, fn func() (sessions.Conn, error))
 	return err
 }
 
-// release ends a begin's hold and sends what the window allows.
+// release runs after every request's reply: it ends a begin's hold, and
+// sends what the window allows when the instance began or came back on
+// another connection (a reconnect, a broker restart). Otherwise there is
+// nothing new: enqueues and acks pump by themselves.
 func (d *delivery) release(user, session string) {
 	d.mu.Lock()
 	c, ok := d.cursor[user+"/"+session]
 	d.mu.Unlock()
 	if ok {
 		c.mu.Lock()
+		held, conn := c.hold, c.conn
 		c.hold = false
 		c.mu.Unlock()
+		if !held && conn == d.registry.AttachedConn(user, session) {
+			return
+		}
 	}
 	d.pump(user, session)
 }
