@@ -258,12 +258,15 @@ func (b *Broker) Close() error {
 				_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 			}
 		}
-		done := make(chan struct{})
-		go func() { b.srv.Listeners.ClientsWg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			b.log.Warn("shutdown timeout: closing the store with clients still finishing")
+		// A client counts as connected until its goroutine has run its
+		// disconnect hooks. (mochi's ClientsWg cannot be waited on here: a
+		// connection accepted just before the listener closed may still Add.)
+		for atomic.LoadInt64(&b.srv.Info.ClientsConnected) > 0 {
+			if ctx.Err() != nil {
+				b.log.Warn("shutdown timeout: closing the store with clients still finishing")
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 		_ = b.srv.Close()
 		if b.stop != nil {
