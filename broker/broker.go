@@ -16,7 +16,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/f47fa0da/tether/auth"
@@ -121,7 +120,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 			return nil, fmt.Errorf("broker: hook %s: %w", h.ID(), err)
 		}
 	}
-	if err := b.srv.AddListener(listeners.NewNet("mqtt", b.mqttLn)); err != nil {
+	if err := b.srv.AddListener(newTCPListener("mqtt", b.mqttLn)); err != nil {
 		return nil, err
 	}
 	if b.wsLn != nil {
