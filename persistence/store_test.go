@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/persistence"
@@ -371,7 +370,7 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 				switch {
 				case err == nil:
 					committed++
-				case errors.Is(err, badger.ErrConflict):
+				case errors.Is(err, persistence.ErrConflict):
 					conflicts++ // Update gives up after a few conflicting attempts
 				default:
 					t.Errorf("update: %v", err)
@@ -390,7 +389,7 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	require.NoError(t, persistence.DefaultConfig().Validate())
-	// Cases that fail until a known bug is fixed; remove the entry with the fix.
+	// Every invalid setting is refused with a message naming the field.
 	tests := []struct {
 		name   string
 		modify func(*persistence.Config)
