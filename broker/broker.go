@@ -87,7 +87,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.srv = mqtt.New(b.mqttOptions())
-	b.metrics = newMetrics(b.srv)
+	b.metrics = newMetrics(b.srv, b.store)
 	out := newOutbox(b.srv, log.With("component", "outbox"))
 	scfg := cfg.Sessions
 	scfg.Logger = log.With("component", "sessions")

@@ -26,9 +26,10 @@ type calls struct {
 	mu       sync.RWMutex
 	handlers map[string]nonce.Handler
 
-	// users serialises the calls of one user (striped by name): they share
-	// the user's application state, and running them one at a time avoids
-	// transaction conflicts that would otherwise re-run handlers.
+	// users serialises the calls of one user (striped by name) up to their
+	// commit: they share the user's application state, and running them one
+	// at a time avoids transaction conflicts that would otherwise re-run
+	// handlers. The wait for durability is outside, so they share fsyncs.
 	users [64]sync.Mutex
 }
 
@@ -66,11 +67,8 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	mu := c.userLock(user)
-	mu.Lock()
-	defer mu.Unlock()
 	var out nonce.Outcome
-	err := c.registry.Exec(user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+	err := c.registry.ExecLocked(c.userLock(user), user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
 		o, err := nonce.Execute(ctx, tx, user, name, s.LastCallSeq, nonce.Request{
 			Seq: req.Seq, Method: req.Method, Args: req.Args, Memento: req.Memento,
 		}, c.lookup, c.keep, time.Now())

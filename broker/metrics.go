@@ -3,6 +3,7 @@ package broker
 import (
 	"sync/atomic"
 
+	"github.com/f47fa0da/tether/persistence"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -17,7 +18,7 @@ type metrics struct {
 	aclDenied  *prometheus.CounterVec
 }
 
-func newMetrics(srv *mqtt.Server) *metrics {
+func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		authOK: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -51,6 +52,12 @@ func newMetrics(srv *mqtt.Server) *metrics {
 		counter("tether_messages_dropped_total", "Messages dropped because a client's write queue was full.", &info.MessagesDropped),
 		counter("tether_bytes_received_total", "Bytes received from clients.", &info.BytesReceived),
 		counter("tether_bytes_sent_total", "Bytes sent to clients.", &info.BytesSent),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tether_store_commits_total", Help: "Durable commits that wrote to the store.",
+		}, func() float64 { c, _ := store.Stats(); return float64(c) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tether_store_syncs_total", Help: "Sync rounds (fsyncs) that made commits durable; commits per sync is the group-commit factor.",
+		}, func() float64 { _, n := store.Stats(); return float64(n) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

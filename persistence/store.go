@@ -33,7 +33,8 @@ var ErrLocked = errors.New("persistence: data directory is in use by another pro
 type Config struct {
 	// Dir is the data directory; it is created if missing.
 	Dir string
-	// SyncWrites fsyncs every commit before Update returns. Turning it off
+	// SyncWrites makes every commit durable (fsynced, in groups) before
+	// Update returns and before any read can pass it on. Turning it off
 	// breaks "acknowledged means durable" and exists only for benchmarks.
 	SyncWrites bool
 	// GCInterval is how often the value-log garbage collector runs.
@@ -78,8 +79,10 @@ type Store struct {
 	cfg    Config
 	log    *slog.Logger
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	// durable groups commits into sync rounds; nil when SyncWrites is off.
+	durable *groupSync
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 // Open opens (creating if needed) the data directory and starts the
@@ -93,9 +96,12 @@ func Open(cfg Config) (*Store, error) {
 		log = slog.Default()
 	}
 	opts := badger.DefaultOptions(cfg.Dir).
-		WithSyncWrites(cfg.SyncWrites).
+		WithSyncWrites(false). // commits are synced in groups, see groupSync
 		WithLogger(badgerLogger{log.With("component", "badger")}).
 		WithMemTableSize(cfg.MemTableSize).
+		// Values above 64 KiB go to the value log; Badger requires the
+		// threshold to stay below 15% of the memtable (1 MiB at least).
+		WithValueThreshold(64 << 10).
 		WithNumVersionsToKeep(1).
 		WithNumCompactors(2).
 		WithCompactL0OnClose(false)
@@ -108,6 +114,15 @@ func Open(cfg Config) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{db: db, cfg: cfg, log: log, cancel: cancel}
+	if cfg.SyncWrites {
+		files := &logFiles{dir: cfg.Dir}
+		s.durable = newGroupSync(func() error {
+			if err := db.Sync(); err != nil {
+				return err
+			}
+			return files.sync()
+		})
+	}
 	s.wg.Add(1)
 	go s.gcLoop(ctx)
 	return s, nil
@@ -133,23 +148,93 @@ func (s *Store) Dir() string { return s.cfg.Dir }
 // written. When a concurrent transaction wrote what fn read, fn runs again
 // (with a short, growing, jittered pause) up to 20 times, and then
 // ErrConflict is returned: fn must not keep state across attempts.
-func (s *Store) Update(fn func(Txn) error) error {
+//
+// Whatever Update returns, what fn read is durable by then too.
+func (s *Store) Update(fn func(Txn) error) error { return s.UpdateLocked(nil, fn) }
+
+// UpdateLocked is Update with fn and the commit run while holding mu (when
+// not nil), which is released before waiting for the commit to become
+// durable: writers that mu serialises still share sync rounds.
+func (s *Store) UpdateLocked(mu sync.Locker, fn func(Txn) error) error {
+	if mu != nil {
+		mu.Lock()
+	}
+	ticket, err := s.commit(fn)
+	if mu != nil {
+		mu.Unlock()
+	}
+	if s.durable == nil {
+		return err
+	}
+	return firstErr(s.durable.wait(ticket), err)
+}
+
+// commit runs fn and commits, retrying conflicts, and returns the sync
+// round that makes the outcome durable.
+func (s *Store) commit(fn func(Txn) error) (uint64, error) {
 	for attempt := 0; ; attempt++ {
-		err := s.db.Update(func(t *badger.Txn) error { return fn(txn{t}) })
+		ticket, err := s.commitOnce(fn)
 		if !errors.Is(err, badger.ErrConflict) {
-			return err
+			return ticket, err
 		}
 		if attempt == 20 {
-			return ErrConflict
+			return ticket, ErrConflict
 		}
 		backoff := time.Duration(50*(1<<min(attempt, 6))) * time.Microsecond
 		time.Sleep(backoff/2 + rand.N(backoff))
 	}
 }
 
-// View runs fn in a read-only snapshot.
+func (s *Store) commitOnce(fn func(Txn) error) (uint64, error) {
+	t := s.db.NewTransaction(true)
+	defer t.Discard()
+	x := &txn{t: t}
+	if s.durable == nil {
+		if err := fn(x); err != nil {
+			return 0, err
+		}
+		return 0, t.Commit()
+	}
+	read := s.durable.readTicket()
+	if err := fn(x); err != nil {
+		return read, err
+	}
+	s.durable.commitStart()
+	err := t.Commit()
+	return max(read, s.durable.commitDone(err == nil && x.wrote)), err
+}
+
+// View runs fn in a read-only snapshot. When View returns, what fn read is
+// durable.
 func (s *Store) View(fn func(Txn) error) error {
-	return s.db.View(func(t *badger.Txn) error { return fn(txn{t}) })
+	t := s.db.NewTransaction(false)
+	defer t.Discard()
+	if s.durable == nil {
+		return fn(&txn{t: t})
+	}
+	read := s.durable.readTicket()
+	err := fn(&txn{t: t})
+	return firstErr(s.durable.wait(read), err)
+}
+
+// firstErr returns the first non-nil error: a failed sync outranks what fn
+// said, and fn's own error is passed on unwrapped.
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stats counts commits that wrote something and the sync rounds that made
+// them durable; commits per sync is the group-commit factor.
+func (s *Store) Stats() (commits, syncs uint64) {
+	if s.durable == nil {
+		return 0, 0
+	}
+	return s.durable.stats()
 }
 
 // Sync forces buffered writes to disk; useful after writes made with SyncWrites off.

@@ -26,9 +26,14 @@ type Txn interface {
 	ScanReverse(prefix []byte, fn func(key, value []byte) (bool, error)) error
 }
 
-type txn struct{ t *badger.Txn }
+// txn notes whether anything was written, so a read-only commit does not
+// wait for a sync round.
+type txn struct {
+	t     *badger.Txn
+	wrote bool
+}
 
-func (x txn) Get(key []byte) ([]byte, error) {
+func (x *txn) Get(key []byte) ([]byte, error) {
 	item, err := x.t.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, ErrNotFound
@@ -39,11 +44,17 @@ func (x txn) Get(key []byte) ([]byte, error) {
 	return item.ValueCopy(nil)
 }
 
-func (x txn) Set(key, value []byte) error { return x.t.Set(key, value) }
+func (x *txn) Set(key, value []byte) error {
+	x.wrote = true
+	return x.t.Set(key, value)
+}
 
-func (x txn) Delete(key []byte) error { return x.t.Delete(key) }
+func (x *txn) Delete(key []byte) error {
+	x.wrote = true
+	return x.t.Delete(key)
+}
 
-func (x txn) Scan(prefix, start []byte, fn func(key, value []byte) (bool, error)) error {
+func (x *txn) Scan(prefix, start []byte, fn func(key, value []byte) (bool, error)) error {
 	opts := badger.DefaultIteratorOptions
 	opts.Prefix = prefix
 	opts.PrefetchValues = false
@@ -60,7 +71,7 @@ func (x txn) Scan(prefix, start []byte, fn func(key, value []byte) (bool, error)
 	return nil
 }
 
-func (x txn) ScanReverse(prefix []byte, fn func(key, value []byte) (bool, error)) error {
+func (x *txn) ScanReverse(prefix []byte, fn func(key, value []byte) (bool, error)) error {
 	opts := badger.DefaultIteratorOptions
 	opts.Reverse = true
 	opts.PrefetchValues = false

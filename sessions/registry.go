@@ -18,6 +18,7 @@ import (
 // Store is the durable store the registry needs.
 type Store interface {
 	Update(fn func(persistence.Txn) error) error
+	UpdateLocked(mu sync.Locker, fn func(persistence.Txn) error) error
 	View(fn func(persistence.Txn) error) error
 }
 
@@ -260,6 +261,14 @@ type Change struct {
 // with a copy of the session record it may change. If fn fails, nothing
 // is written. Requests of one session are serialised.
 func (r *Registry) Exec(user, name string, conn Conn, nonce string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
+	return r.ExecLocked(nil, user, name, conn, nonce, fn)
+}
+
+// ExecLocked is Exec with fn and its commit run while holding mu (when not
+// nil), released before waiting for durability: the application
+// serialises work across sessions (one user's calls) without serialising
+// their fsyncs.
+func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonce string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
 	return r.with(user, name, func(e *entry) error {
 		now := r.now()
 		if err := r.current(e, nonce, now); err != nil {
@@ -273,7 +282,7 @@ func (r *Registry) Exec(user, name string, conn Conn, nonce string, fn func(tx p
 			ns Session
 			ch Change
 		)
-		err := r.store.Update(func(tx persistence.Txn) error {
+		err := r.store.UpdateLocked(mu, func(tx persistence.Txn) error {
 			ns = e.s // afresh on every attempt: a conflict retries this function
 			var err error
 			if ch, err = fn(tx, &ns); err != nil || !ch.Changed {

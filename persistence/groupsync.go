@@ -1,0 +1,189 @@
+package persistence
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// groupSync makes commits durable in groups: Badger runs with SyncWrites off,
+// and every commit waits for one sync round that started after it was
+// written. Commits that arrive while a round runs share the next one, so many
+// writers pay for one fsync instead of one each.
+//
+// Badger makes a commit visible to readers before the round that covers it,
+// so readers wait too: a read that may have seen an unsynced commit waits for
+// a round that started after its snapshot. Nothing leaves the store — as a
+// reply, a delivery or a decision — before it is on disk.
+//
+// Rounds are numbered from 1; started and done count them, and at most one
+// runs at a time. A failed sync is sticky: after it nothing is known to be
+// durable, so every later commit and read fails with the same error.
+type groupSync struct {
+	sync func() error // one round: make every write so far durable
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	started  uint64 // rounds begun
+	done     uint64 // rounds finished
+	running  bool
+	inflight int    // commits between commitStart and commitDone
+	needed   uint64 // the round every finished commit so far waits for
+	err      error
+	commits  uint64 // commits that wrote something
+}
+
+func newGroupSync(sync func() error) *groupSync {
+	g := &groupSync{sync: sync}
+	g.cond.L = &g.mu
+	return g
+}
+
+// readTicket is the round a read must wait for before what it saw leaves the
+// store. Call it after the read's snapshot is taken.
+func (g *groupSync) readTicket() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.inflight > 0 {
+		// A commit being written may already be visible to the snapshot.
+		return g.started + 1
+	}
+	return g.needed
+}
+
+// commitStart is called just before a commit is handed to Badger.
+func (g *groupSync) commitStart() {
+	g.mu.Lock()
+	g.inflight++
+	g.mu.Unlock()
+}
+
+// commitDone is called when Badger returns from a commit and reports the
+// round that makes it durable (0 when nothing was written).
+func (g *groupSync) commitDone(wrote bool) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.inflight--
+	if !wrote {
+		return 0
+	}
+	g.commits++
+	ticket := g.started + 1
+	g.needed = max(g.needed, ticket)
+	return ticket
+}
+
+// wait returns once round ticket has finished, leading rounds itself while
+// no other caller does.
+func (g *groupSync) wait(ticket uint64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.done < ticket && g.err == nil {
+		if g.running {
+			g.cond.Wait()
+			continue
+		}
+		g.running = true
+		g.started++
+		round := g.started
+		g.mu.Unlock()
+		err := g.sync()
+		g.mu.Lock()
+		g.running = false
+		g.done = round
+		if err != nil {
+			g.err = fmt.Errorf("persistence: sync failed, writes since the last good sync may be lost: %w", err)
+		}
+		g.cond.Broadcast()
+	}
+	return g.err
+}
+
+// stats reports commits that wrote and sync rounds run so far.
+func (g *groupSync) stats() (commits, syncs uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.commits, g.done
+}
+
+// logFiles syncs what Badger's own Sync leaves out. Badger.Sync flushes
+// only the current memtable's write-ahead log and value log; when a memtable
+// fills, its log stays unsynced until a background flush has written it out
+// as a table. So after Badger.Sync, every older memtable log (*.mem) and
+// value log (*.vlog) still on disk is fsynced too, and the directory when a
+// new log file has appeared since the last round.
+type logFiles struct {
+	dir            string
+	lastMem, lastV uint64
+}
+
+func (l *logFiles) sync() error {
+	d, err := os.Open(l.dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	topMem, err := syncOlder(l.dir, names, ".mem")
+	if err != nil {
+		return err
+	}
+	topV, err := syncOlder(l.dir, names, ".vlog")
+	if err != nil {
+		return err
+	}
+	if topMem != l.lastMem || topV != l.lastV {
+		if err := d.Sync(); err != nil {
+			return err
+		}
+		l.lastMem, l.lastV = topMem, topV
+	}
+	return nil
+}
+
+// syncOlder fsyncs every file named <id><ext> but the one with the highest
+// id, and returns that id.
+func syncOlder(dir string, names []string, ext string) (top uint64, err error) {
+	older := map[uint64]string{}
+	for _, n := range names {
+		base, ok := strings.CutSuffix(n, ext)
+		if !ok {
+			continue
+		}
+		id, err := strconv.ParseUint(base, 10, 64)
+		if err != nil {
+			continue
+		}
+		older[id] = n
+		top = max(top, id)
+	}
+	delete(older, top)
+	for _, n := range older {
+		if err := syncFile(filepath.Join(dir, n)); err != nil {
+			return 0, err
+		}
+	}
+	return top, nil
+}
+
+// syncFile fsyncs a file by name; one removed meanwhile was already written
+// out by Badger and needs nothing.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

@@ -1,0 +1,189 @@
+package persistence
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func openDurable(t *testing.T, dir string) *Store {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Dir = dir
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	s, err := Open(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// TestGroupCommitSharesSyncs has many writers commit at once: every commit
+// is counted, and they share sync rounds instead of paying one each.
+func TestGroupCommitSharesSyncs(t *testing.T) {
+	s := openDurable(t, t.TempDir())
+	const writers, each = 32, 40
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				key := fmt.Appendf(nil, "w%02d/%03d", w, i)
+				if err := s.Update(func(tx Txn) error { return tx.Set(key, []byte("v")) }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	commits, syncs := s.Stats()
+	require.Equal(t, uint64(writers*each), commits)
+	require.Positive(t, syncs)
+	require.Less(t, syncs, commits/2, "commits should share sync rounds")
+	t.Logf("%d commits in %d sync rounds", commits, syncs)
+
+	// A read-only Update is not a commit and needs no round.
+	require.NoError(t, s.Update(func(tx Txn) error { _, err := tx.Get([]byte("w00/000")); return err }))
+	again, _ := s.Stats()
+	require.Equal(t, commits, again)
+}
+
+// TestReadWaitsForSync holds a sync round open after a commit and checks
+// that neither the writer nor a reader that sees the new value returns
+// before the round finishes: nothing unsynced leaves the store.
+func TestReadWaitsForSync(t *testing.T) {
+	s := openDurable(t, t.TempDir())
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	real := s.durable.sync
+	s.durable.sync = func() error {
+		once.Do(func() { close(entered); <-release })
+		return real()
+	}
+
+	wrote := make(chan error, 1)
+	go func() {
+		wrote <- s.Update(func(tx Txn) error { return tx.Set([]byte("k"), []byte("v1")) })
+	}()
+	<-entered // committed and visible in Badger, not yet synced
+
+	read := make(chan []byte, 1)
+	go func() {
+		var v []byte
+		err := s.View(func(tx Txn) error {
+			var err error
+			v, err = tx.Get([]byte("k"))
+			return err
+		})
+		if err != nil {
+			v = []byte(err.Error())
+		}
+		read <- v
+	}()
+	select {
+	case v := <-read:
+		t.Fatalf("read returned %q before its data was synced", v)
+	case err := <-wrote:
+		t.Fatalf("write returned %v before it was synced", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	require.NoError(t, <-wrote)
+	require.Equal(t, "v1", string(<-read))
+}
+
+// TestSyncFailureIsSticky: after a failed sync nothing is known to be on
+// disk, so the commit and every later read and write report it.
+func TestSyncFailureIsSticky(t *testing.T) {
+	s := openDurable(t, t.TempDir())
+	boom := errors.New("disk on fire")
+	s.durable.sync = func() error { return boom }
+	err := s.Update(func(tx Txn) error { return tx.Set([]byte("k"), []byte("v")) })
+	require.ErrorIs(t, err, boom)
+	require.ErrorContains(t, err, "persistence: sync failed")
+	err = s.Update(func(tx Txn) error { return tx.Set([]byte("k2"), []byte("v")) })
+	require.ErrorIs(t, err, boom)
+	err = s.View(func(tx Txn) error { _, err := tx.Get([]byte("k")); return err })
+	require.ErrorIs(t, err, boom)
+}
+
+// TestSyncOlderLogs checks which files a round fsyncs beyond Badger's own
+// Sync: every memtable and value log but the newest of each kind.
+func TestSyncOlderLogs(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"00001.mem", "00003.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte("data"), 0o600))
+	}
+	names := []string{"00001.mem", "00003.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem", "00009.mem"} // 00009 is gone
+	top, err := syncOlder(dir, names, ".mem")
+	require.NoError(t, err)
+	require.Equal(t, uint64(9), top)
+	top, err = syncOlder(dir, names, ".vlog")
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), top)
+
+	require.NoError(t, os.Chmod(dir, 0o000))
+	t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
+	if os.Geteuid() != 0 { // root opens anything
+		_, err = syncOlder(dir, names, ".mem")
+		require.Error(t, err)
+	}
+}
+
+// TestDurableAcrossMemtableRotation writes far more than one memtable holds,
+// so Badger rotates memtables while commits are synced in groups, and checks
+// everything reads back after reopening.
+func TestDurableAcrossMemtableRotation(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Dir = dir
+	cfg.MemTableSize = 1 << 20
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	s, err := Open(cfg)
+	require.NoError(t, err)
+	value := make([]byte, 4<<10)
+	big := make([]byte, 100<<10) // above the value threshold: goes to the value log
+	const n = 1000               // about 5 MiB: several rotations
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < n; i += 4 {
+				v := value
+				if i%100 == 0 {
+					v = big
+				}
+				if err := s.Update(func(tx Txn) error { return tx.Set(Uint64Key(Prefix("r"), uint64(i)), v) }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.NoError(t, s.Close())
+	s, err = Open(cfg)
+	require.NoError(t, err)
+	defer s.Close()
+	count := 0
+	require.NoError(t, s.View(func(tx Txn) error {
+		return tx.Scan(Prefix("r"), nil, func(k, v []byte) (bool, error) {
+			i, err := Uint64Suffix(k)
+			want := len(value)
+			if i%100 == 0 {
+				want = len(big)
+			}
+			if len(v) != want {
+				return false, fmt.Errorf("entry %d: %d bytes, want %d", i, len(v), want)
+			}
+			count++
+			return true, err
+		})
+	}))
+	require.Equal(t, n, count)
+}
