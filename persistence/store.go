@@ -150,23 +150,42 @@ func (s *Store) Dir() string { return s.cfg.Dir }
 // ErrConflict is returned: fn must not keep state across attempts.
 //
 // Whatever Update returns, what fn read is durable by then too.
-func (s *Store) Update(fn func(Txn) error) error { return s.UpdateLocked(nil, fn) }
+func (s *Store) Update(fn func(Txn) error) error {
+	d, err := s.Commit(fn)
+	return firstErr(d.Wait(), err)
+}
 
-// UpdateLocked is Update with fn and the commit run while holding mu (when
-// not nil), which is released before waiting for the commit to become
-// durable: writers that mu serialises still share sync rounds.
-func (s *Store) UpdateLocked(mu sync.Locker, fn func(Txn) error) error {
-	if mu != nil {
-		mu.Lock()
-	}
+// Commit is Update without the wait: it returns once the commit is written
+// and visible, with the Durable to wait on before anything fn read or
+// wrote — or its error — leaves the process. Callers that must keep an
+// order (one connection's publishes, one session's requests) commit in
+// that order under their lock and wait outside it, sharing sync rounds.
+func (s *Store) Commit(fn func(Txn) error) (Durable, error) {
 	ticket, err := s.commit(fn)
-	if mu != nil {
-		mu.Unlock()
+	return Durable{s.durable, ticket}, err
+}
+
+// Durable is the point a commit or read is on disk: the sync round that
+// covers it. The zero Durable is durable already.
+type Durable struct {
+	g     *groupSync
+	round uint64
+}
+
+// Wait returns once d is on disk, or the error that makes that unknowable.
+func (d Durable) Wait() error {
+	if d.g == nil || d.round == 0 {
+		return nil
 	}
-	if s.durable == nil {
-		return err
+	return d.g.wait(d.round)
+}
+
+// Join returns the later of d and o: waiting for it waits for both.
+func (d Durable) Join(o Durable) Durable {
+	if o.round > d.round {
+		return o
 	}
-	return firstErr(s.durable.wait(ticket), err)
+	return d
 }
 
 // commit runs fn and commits, retrying conflicts, and returns the sync

@@ -18,7 +18,7 @@ import (
 // Store is the durable store the registry needs.
 type Store interface {
 	Update(fn func(persistence.Txn) error) error
-	UpdateLocked(mu sync.Locker, fn func(persistence.Txn) error) error
+	Commit(fn func(persistence.Txn) error) (persistence.Durable, error)
 	View(fn func(persistence.Txn) error) error
 }
 
@@ -117,6 +117,10 @@ type entry struct {
 	deadline *time.Timer
 	touched  time.Time
 	evicted  bool
+	// durable covers the entry's commits made without waiting (Exec,
+	// Update): every operation on the entry waits for it, outside the
+	// lock, before it returns.
+	durable persistence.Durable
 }
 
 // New returns a registry over store and starts its sweep. Nothing is read
@@ -278,23 +282,36 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 			return err
 		}
 		e.s.LastSeen = now
-		var (
-			ns Session
-			ch Change
-		)
-		err := r.store.UpdateLocked(mu, func(tx persistence.Txn) error {
-			ns = e.s // afresh on every attempt: a conflict retries this function
-			var err error
-			if ch, err = fn(tx, &ns); err != nil || !ch.Changed {
-				return err
-			}
-			return r.write(tx, &ns, ch.Events)
-		})
-		if err == nil && ch.Changed {
-			e.s = ns
+		if mu != nil {
+			mu.Lock()
+			defer mu.Unlock()
 		}
-		return err
+		return r.commitFn(e, false, fn)
 	})
+}
+
+// commitFn runs fn on a copy of e's record in one transaction and, if it
+// changed something (or the session is new and must be stored), writes the
+// record and its events. It does not wait for durability: with does,
+// after unlocking e.
+func (r *Registry) commitFn(e *entry, store bool, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
+	var (
+		ns Session
+		ch Change
+	)
+	d, err := r.store.Commit(func(tx persistence.Txn) error {
+		ns = e.s // afresh on every attempt: a conflict retries this function
+		var err error
+		if ch, err = fn(tx, &ns); err != nil || !(ch.Changed || store) {
+			return err
+		}
+		return r.write(tx, &ns, ch.Events)
+	})
+	e.durable = e.durable.Join(d)
+	if err == nil && (ch.Changed || store) {
+		e.s = ns
+	}
+	return err
 }
 
 // Update runs fn on user/name outside any instance — the application's
@@ -303,27 +320,21 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 // stored with fn's change. Like Exec, fn runs in one store transaction
 // with a copy of the record and nothing is written if it fails.
 func (r *Registry) Update(user, name string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
-	return r.with(user, name, func(e *entry) error {
+	d, err := r.Commit(user, name, fn)
+	return firstErr(d.Wait(), err)
+}
+
+// Commit is Update without the wait: it returns once the change is
+// committed, with what to wait for before anything about it (or its
+// error) leaves the process. A notifier that must keep its order commits
+// in order and waits outside, sharing sync rounds.
+func (r *Registry) Commit(user, name string, fn func(tx persistence.Txn, s *Session) (Change, error)) (persistence.Durable, error) {
+	return r.withEntry(user, name, func(e *entry) error {
 		isNew, err := r.admitNew(e)
 		if err != nil {
 			return err
 		}
-		var (
-			ns Session
-			ch Change
-		)
-		err = r.store.Update(func(tx persistence.Txn) error {
-			ns = e.s // afresh on every attempt: a conflict retries this function
-			var err error
-			if ch, err = fn(tx, &ns); err != nil || !(ch.Changed || isNew) {
-				return err
-			}
-			return r.write(tx, &ns, ch.Events)
-		})
-		if err == nil && (ch.Changed || isNew) {
-			e.s = ns
-		}
-		return err
+		return r.commitFn(e, isNew, fn)
 	})
 }
 
@@ -346,12 +357,21 @@ func (r *Registry) admitNew(e *entry) (bool, error) {
 	return true, nil
 }
 
-// with runs fn with the entry of user/name locked.
+// with runs fn with the entry of user/name locked, then, unlocked, waits
+// until every commit fn saw or made is durable: nothing fn decided leaves
+// the registry before that.
 func (r *Registry) with(user, name string, fn func(e *entry) error) error {
+	d, err := r.withEntry(user, name, fn)
+	return firstErr(d.Wait(), err)
+}
+
+// withEntry runs fn with the entry of user/name locked and returns what
+// to wait for before anything fn decided may leave the registry.
+func (r *Registry) withEntry(user, name string, fn func(e *entry) error) (persistence.Durable, error) {
 	for {
 		e, err := r.load(user, name)
 		if err != nil {
-			return err
+			return persistence.Durable{}, err
 		}
 		e.mu.Lock()
 		if e.evicted { // lost a race with the sweep: load again
@@ -360,9 +380,20 @@ func (r *Registry) with(user, name string, fn func(e *entry) error) error {
 		}
 		e.touched = r.now()
 		err = fn(e)
+		d := e.durable
 		e.mu.Unlock()
-		return err
+		return d, err
 	}
+}
+
+// firstErr returns the first non-nil error.
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func newNonce() (string, error) {
