@@ -17,7 +17,7 @@ import (
 )
 
 // notify handles a service's publish on tether/notify/U[/S-or-pattern]:
-// the notification is enqueued (fsynced) before the PUBACK. A refusal is
+// the notification is enqueued and fsynced before the PUBACK. A refusal is
 // told to MQTT 5 publishers by reason code: 0x97 quota exceeded
 // (queue_full), 0x95 packet too large, 0x99 payload format invalid,
 // 0x87 not authorized (session cap); MQTT 3.1.1 has no negative PUBACK.
@@ -28,14 +28,34 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 	if err == nil && !wire.ValidName(user) {
 		err = fmt.Errorf("%w: %s", queues.ErrInvalid, wire.CheckName("user", user))
 	}
+	if pk.FixedHeader.Qos == 2 { // exactly-once publish handshakes stay with mochi
+		if err == nil {
+			_, err = h.delivery.notifyMatching(user, target, m)
+		}
+		if err != nil {
+			h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
+			return deny(cl, pk, reasonFor(err))
+		}
+		return packets.CodeSuccessIgnore // acknowledged, not forwarded
+	}
+	// QoS 0 and 1: commit now, in arrival order; acknowledge and deliver
+	// once durable, while the connection's next publishes are committed.
+	var (
+		notified []string
+		durable  persistence.Durable
+	)
 	if err == nil {
-		_, err = h.delivery.notifyMatching(user, target, m)
+		notified, durable, err = h.delivery.commitMatching(user, target, m)
 	}
 	if err != nil {
 		h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
-		return deny(cl, pk, reasonFor(err))
 	}
-	return packets.CodeSuccessIgnore // acknowledged, not forwarded
+	h.acks.push(cl, pendingAck{pk: pk, durable: durable, err: err, then: func() {
+		for _, name := range notified {
+			h.delivery.kick(user, name)
+		}
+	}})
+	return packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
 }
 
 func reasonFor(err error) packets.Code {
@@ -52,37 +72,56 @@ func reasonFor(err error) packets.Code {
 	return packets.ErrUnspecifiedError
 }
 
-// notifyMatching enqueues m for user's session target: a name (created if
-// new), a path.Match pattern over the user's stored sessions, or every
-// stored session when target is empty. It returns how many were notified;
-// the first failure stops it.
+// notifyMatching durably enqueues m for user's session target: a name
+// (created if new), a path.Match pattern over the user's stored sessions,
+// or every stored session when target is empty, and starts delivering. It
+// returns how many were notified; the first failure stops it.
 func (d *delivery) notifyMatching(user, target string, m queues.Message) (int, error) {
+	notified, durable, err := d.commitMatching(user, target, m)
+	if werr := durable.Wait(); werr != nil {
+		return 0, werr
+	}
+	for _, name := range notified {
+		d.pump(user, name)
+	}
+	return len(notified), err
+}
+
+// commitMatching is notifyMatching without the wait and the delivery: it
+// returns the sessions it enqueued for and what to wait for before telling
+// anyone.
+func (d *delivery) commitMatching(user, target string, m queues.Message) ([]string, persistence.Durable, error) {
 	if wire.ValidName(target) {
-		_, err := d.enqueue(user, target, m)
+		_, durable, err := d.commit(user, target, m)
 		if err != nil {
-			return 0, err
+			return nil, durable, err
 		}
-		return 1, nil
+		return []string{target}, durable, nil
 	}
 	if target != "" {
 		if _, err := path.Match(target, ""); err != nil {
-			return 0, fmt.Errorf("%w: session pattern %q: %v", queues.ErrInvalid, target, err)
+			return nil, persistence.Durable{}, fmt.Errorf("%w: session pattern %q: %v", queues.ErrInvalid, target, err)
 		}
 	}
 	names, err := d.registry.Names(user)
 	if err != nil {
-		return 0, err
+		return nil, persistence.Durable{}, err
 	}
-	n := 0
+	var (
+		notified []string
+		durable  persistence.Durable
+	)
 	for _, name := range names {
 		if ok, _ := path.Match(target, name); target == "" || ok {
-			if _, err := d.enqueue(user, name, m); err != nil {
-				return n, err
+			_, d, err := d.commit(user, name, m)
+			durable = durable.Join(d)
+			if err != nil {
+				return notified, durable, err
 			}
-			n++
+			notified = append(notified, name)
 		}
 	}
-	return n, nil
+	return notified, durable, nil
 }
 
 // Notify durably enqueues data (any JSON-encodable value) for user's

@@ -36,8 +36,9 @@ type delivery struct {
 	window   int
 	metrics  *queueMetrics
 
-	mu     sync.Mutex
-	cursor map[string]*cursor // by "user/session": the last seq sent to the current instance
+	mu      sync.Mutex
+	cursor  map[string]*cursor // by "user/session": the last seq sent to the current instance
+	pumping map[string]bool    // sessions with a kicked pump running: true if kicked again since
 }
 
 type cursor struct {
@@ -96,8 +97,23 @@ func (d *delivery) dropEvents(drops []queues.Drop) []sessions.Event {
 // enqueue durably adds m to user/session's queue (creating the session if
 // new) and starts delivering it. When it returns nil the entry is fsynced.
 func (d *delivery) enqueue(user, session string, m queues.Message) (queues.Entry, error) {
+	entry, durable, err := d.commit(user, session, m)
+	if werr := durable.Wait(); werr != nil {
+		return queues.Entry{}, werr
+	}
+	if err != nil {
+		return queues.Entry{}, err
+	}
+	d.pump(user, session)
+	return entry, nil
+}
+
+// commit adds m to user/session's queue without waiting for durability:
+// nothing about it may leave the broker (a PUBACK, a delivery) before
+// the returned Durable is waited on.
+func (d *delivery) commit(user, session string, m queues.Message) (queues.Entry, persistence.Durable, error) {
 	var entry queues.Entry
-	err := d.registry.Update(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+	durable, err := d.registry.Commit(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
 		e, drops, err := queues.Enqueue(tx, user, session, m, d.limitsFor(session), time.Now())
 		if err != nil {
 			return sessions.Change{}, err
@@ -108,13 +124,12 @@ func (d *delivery) enqueue(user, session string, m queues.Message) (queues.Entry
 	})
 	if err != nil {
 		d.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
-		return queues.Entry{}, err
+		return queues.Entry{}, durable, err
 	}
 	if entry.Seq != 0 {
 		d.metrics.enqueued.Inc()
 	}
-	d.pump(user, session)
-	return entry, nil
+	return entry, durable, nil
 }
 
 // ack removes user/session's entries up to upto under the current
@@ -138,7 +153,7 @@ func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, u
 		}
 	}
 	d.metrics.acked.Add(float64(total))
-	d.pump(user, session)
+	d.kick(user, session)
 	return total, nil
 }
 
@@ -187,6 +202,36 @@ func (d *delivery) cursorFor(key string) *cursor {
 		d.cursor[key] = c
 	}
 	return c
+}
+
+// kick pumps user/session in the background: the caller (a notifier's ack
+// queue, a device's read loop) does not wait for the read. Kicks that come
+// while a pump runs make it run once more, so bursts coalesce.
+func (d *delivery) kick(user, session string) {
+	key := user + "/" + session
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, running := d.pumping[key]; running {
+		d.pumping[key] = true
+		return
+	}
+	d.pumping[key] = false
+	go func() {
+		for {
+			d.pump(user, session)
+			d.mu.Lock()
+			again := d.pumping[key]
+			if !again {
+				delete(d.pumping, key)
+			} else {
+				d.pumping[key] = false
+			}
+			d.mu.Unlock()
+			if !again {
+				return
+			}
+		}
+	}()
 }
 
 // pump publishes the next entries of user/session to its device, up to the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -302,4 +303,62 @@ func seedQueue(t *testing.T, dir, user, session string, n int, l queues.Limits) 
 			return nil
 		}))
 	}
+}
+
+// TestNotifyPipelined has one notifier keep hundreds of publishes in flight
+// to one session: the broker commits them in arrival order and acknowledges
+// each once durable, so every PUBACK arrives and the queue holds them in
+// publish order with seqs 1..n.
+func TestNotifyPipelined(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	app := notifier(t, url, brokertest.Token(t, b, "app", auth.RoleService))
+	const n = 300
+	toks := make([]paho.Token, n)
+	for i := range n {
+		toks[i] = app.Publish("tether/notify/alice/feed", 1, false, fmt.Sprintf(`{"data":%d}`, i))
+	}
+	for _, tok := range toks {
+		require.NoError(t, brokertest.Wait(tok))
+	}
+	out, err := b.Outq("alice", "feed", 0)
+	require.NoError(t, err)
+	require.Len(t, out, n)
+	for i, e := range out {
+		require.Equal(t, uint64(i+1), e.Seq)
+		require.Equal(t, strconv.Itoa(i), string(e.Data))
+	}
+
+	d := device(t, url, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "feed")
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	seqs, _ := receive(t, d, 256) // the delivery window
+	d.Ack(256)
+	more, _ := receive(t, d, n-256)
+	require.Equal(t, seqRange(1, n), append(seqs, more...))
+}
+
+// TestNotifyPipelinedRefusalsInOrder sends MQTT 5 publishes back to back to
+// a queue that takes two: the PUBACKs come in publish order, two successes
+// and then "quota exceeded" (0x97) for the rest.
+func TestNotifyPipelinedRefusalsInOrder(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.QueueRules = []broker.QueueRule{{Pattern: "strict", Limits: queues.Limits{MaxMessages: 2, MaxBytes: 1 << 20, Policy: queues.Reject}}}
+	b := brokertest.Start(t, cfg)
+	host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
+	cmd := exec.Command("mosquitto_pub", "-h", host, "-p", port, "-u", "app", "-P", brokertest.Token(t, b, "app", auth.RoleService),
+		"-V", "5", "-q", "1", "-d", "-l", "-t", "tether/notify/alice/strict")
+	cmd.Stdin = strings.NewReader(strings.Repeat(`{"data":"x"}`+"\n", 6))
+	got, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", got)
+	var codes []string
+	for _, line := range strings.Split(string(got), "\n") {
+		if _, rest, ok := strings.Cut(line, "received PUBACK ("); ok {
+			codes = append(codes, rest)
+		}
+	}
+	require.Equal(t, []string{"Mid: 1, RC:0)", "Mid: 2, RC:0)", "Mid: 3, RC:151)", "Mid: 4, RC:151)", "Mid: 5, RC:151)", "Mid: 6, RC:151)"}, codes, "%s", got)
+	out, err := b.Outq("alice", "strict", 0)
+	require.NoError(t, err)
+	require.Len(t, out, 2)
 }

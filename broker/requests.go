@@ -31,6 +31,8 @@ type sessionHook struct {
 	out      *outbox
 	log      *slog.Logger
 
+	acks notifyAcks
+
 	nextConn atomic.Uint64
 	conns    sync.Map // *mqtt.Client -> sessions.Conn
 }
@@ -56,6 +58,7 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 }
 
 func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.acks.forget(cl)
 	if c := h.conn(cl); c != 0 {
 		h.registry.Disconnected(c)
 		h.conns.Delete(cl)

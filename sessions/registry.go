@@ -341,8 +341,8 @@ func (r *Registry) Commit(user, name string, fn func(tx persistence.Txn, s *Sess
 // admitNew reports whether e's session is not stored yet, and refuses it
 // when its user already holds MaxSessionsPerUser sessions.
 func (r *Registry) admitNew(e *entry) (bool, error) {
-	if e.s.Journal.Next != 0 || e.s.State != StateNew {
-		return false, nil // journaled, so stored
+	if e.s.Version > 0 || e.s.Journal.Next != 0 || e.s.State != StateNew {
+		return false, nil // committed once, so stored (records are never deleted)
 	}
 	if _, err := r.read(e.s.User, e.s.Name); !errors.Is(err, ErrNotFound) {
 		return false, err

@@ -1,0 +1,124 @@
+package broker
+
+import (
+	"errors"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/f47fa0da/tether/persistence"
+)
+
+// maxPendingAcks bounds the notifications one connection may have
+// committed but not yet acknowledged; its next publish waits for room.
+const maxPendingAcks = 1024
+
+// notifyAcks lets a notifier keep many publishes in flight. mochi reads a
+// connection's packets one at a time and acknowledges each after the hook
+// returns, which would make every notify wait for its own sync round. So
+// the hook only commits (in arrival order, keeping seq order) and hands the
+// PUBACK to the connection's ackQueue, which sends it once the commit is
+// durable — in arrival order, as MQTT requires — and only then starts the
+// delivery. Commits of many publishes share one sync round.
+type notifyAcks struct {
+	queues sync.Map // *mqtt.Client -> *ackQueue
+}
+
+// pendingAck is one committed publish waiting to be acknowledged.
+type pendingAck struct {
+	pk      packets.Packet
+	durable persistence.Durable
+	err     error  // the refusal to report (MQTT 5 reason code)
+	then    func() // runs once durable, unless refused: start delivering
+}
+
+// ackQueue holds one connection's pending acks in arrival order; a drain
+// goroutine runs while it is not empty.
+type ackQueue struct {
+	cl      *mqtt.Client
+	mu      sync.Mutex
+	room    sync.Cond
+	pending []pendingAck
+	running bool
+}
+
+// push queues p behind cl's earlier publishes, waiting while the
+// connection has maxPendingAcks outstanding.
+func (n *notifyAcks) push(cl *mqtt.Client, p pendingAck) {
+	v, ok := n.queues.Load(cl)
+	if !ok {
+		q := &ackQueue{cl: cl}
+		q.room.L = &q.mu
+		v, _ = n.queues.LoadOrStore(cl, q)
+	}
+	q := v.(*ackQueue)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.pending) >= maxPendingAcks {
+		q.room.Wait()
+	}
+	q.pending = append(q.pending, p)
+	if !q.running {
+		q.running = true
+		go q.drain()
+	}
+}
+
+// forget drops cl's queue when it disconnects; a drain in progress finishes
+// on its own (its PUBACKs fail on the closed connection, as any would).
+func (n *notifyAcks) forget(cl *mqtt.Client) { n.queues.Delete(cl) }
+
+func (q *ackQueue) drain() {
+	for {
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.running = false
+			q.pending = nil // let a burst's backing array go
+			q.mu.Unlock()
+			return
+		}
+		p := q.pending[0]
+		q.pending = q.pending[1:]
+		q.room.Signal()
+		q.mu.Unlock()
+		q.finish(p)
+	}
+}
+
+// finish waits for p's commit and acknowledges it: success, or (MQTT 5) the
+// refusal's reason code; MQTT 3.1.1 has no negative PUBACK, so a refusal
+// (logged when it happened) is acknowledged like a success. If the sync
+// fails nothing is known to be on disk: MQTT 5 clients get an error, 3.1.1
+// clients no PUBACK, so they send it again after reconnecting.
+func (q *ackQueue) finish(p pendingAck) {
+	synced := p.durable.Wait() == nil
+	if !synced && p.err == nil {
+		p.err = errNotDurable
+	}
+	if p.err == nil && p.then != nil {
+		defer p.then()
+	}
+	if p.pk.FixedHeader.Qos == 0 {
+		return
+	}
+	code := packets.CodeSuccess
+	switch {
+	case p.err == nil:
+	case q.cl.Properties.ProtocolVersion == 5:
+		code = reasonFor(p.err)
+	case !synced:
+		return
+	}
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    p.pk.PacketID,
+		ReasonCode:  code.Code,
+	}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+	_ = q.cl.WritePacket(ack) // fails only when the connection is gone
+}
+
+var errNotDurable = errors.New("broker: the store could not make the notification durable")
