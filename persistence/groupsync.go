@@ -111,12 +111,17 @@ func (g *groupSync) stats() (commits, syncs uint64) {
 	return g.commits, g.done
 }
 
-// logFiles syncs what Badger's own Sync leaves out. Badger.Sync flushes
-// only the current memtable's write-ahead log and value log; when a memtable
-// fills, its log stays unsynced until a background flush has written it out
-// as a table. So after Badger.Sync, every older memtable log (*.mem) and
-// value log (*.vlog) still on disk is fsynced too, and the directory when a
-// new log file has appeared since the last round.
+// logFiles makes Badger's logs durable: every memtable write-ahead log
+// (*.mem) and value log (*.vlog) in the directory is fsynced, and the
+// directory itself when a new log file has appeared since the last round.
+// Badger writes its logs through shared memory maps; on Linux fsync writes
+// back pages dirtied through a mapping just as msync does.
+//
+// Badger's own Sync is not used: it covers only the current memtable's log
+// (one that filled up stays unsynced until a background flush has written
+// it as a table), and it holds the database lock through the msync, which
+// stalls every commit behind the round instead of letting them gather for
+// the next one.
 type logFiles struct {
 	dir            string
 	lastMem, lastV uint64
@@ -132,11 +137,11 @@ func (l *logFiles) sync() error {
 	if err != nil {
 		return err
 	}
-	topMem, err := syncOlder(l.dir, names, ".mem")
+	topMem, err := syncLogs(l.dir, names, ".mem")
 	if err != nil {
 		return err
 	}
-	topV, err := syncOlder(l.dir, names, ".vlog")
+	topV, err := syncLogs(l.dir, names, ".vlog")
 	if err != nil {
 		return err
 	}
@@ -149,10 +154,8 @@ func (l *logFiles) sync() error {
 	return nil
 }
 
-// syncOlder fsyncs every file named <id><ext> but the one with the highest
-// id, and returns that id.
-func syncOlder(dir string, names []string, ext string) (top uint64, err error) {
-	older := map[uint64]string{}
+// syncLogs fsyncs every file named <id><ext> and returns the highest id.
+func syncLogs(dir string, names []string, ext string) (top uint64, err error) {
 	for _, n := range names {
 		base, ok := strings.CutSuffix(n, ext)
 		if !ok {
@@ -162,14 +165,10 @@ func syncOlder(dir string, names []string, ext string) (top uint64, err error) {
 		if err != nil {
 			continue
 		}
-		older[id] = n
-		top = max(top, id)
-	}
-	delete(older, top)
-	for _, n := range older {
 		if err := syncFile(filepath.Join(dir, n)); err != nil {
 			return 0, err
 		}
+		top = max(top, id)
 	}
 	return top, nil
 }

@@ -113,25 +113,25 @@ func TestSyncFailureIsSticky(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 }
 
-// TestSyncOlderLogs checks which files a round fsyncs beyond Badger's own
-// Sync: every memtable and value log but the newest of each kind.
-func TestSyncOlderLogs(t *testing.T) {
+// TestSyncLogs checks a round finds Badger's logs by name: every memtable
+// and value log, and the newest id of each kind.
+func TestSyncLogs(t *testing.T) {
 	dir := t.TempDir()
 	for _, n := range []string{"00001.mem", "00003.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem"} {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte("data"), 0o600))
 	}
 	names := []string{"00001.mem", "00003.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem", "00009.mem"} // 00009 is gone
-	top, err := syncOlder(dir, names, ".mem")
+	top, err := syncLogs(dir, names, ".mem")
 	require.NoError(t, err)
 	require.Equal(t, uint64(9), top)
-	top, err = syncOlder(dir, names, ".vlog")
+	top, err = syncLogs(dir, names, ".vlog")
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), top)
 
 	require.NoError(t, os.Chmod(dir, 0o000))
 	t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
 	if os.Geteuid() != 0 { // root opens anything
-		_, err = syncOlder(dir, names, ".mem")
+		_, err = syncLogs(dir, names, ".mem")
 		require.Error(t, err)
 	}
 }

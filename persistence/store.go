@@ -116,12 +116,7 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{db: db, cfg: cfg, log: log, cancel: cancel}
 	if cfg.SyncWrites {
 		files := &logFiles{dir: cfg.Dir}
-		s.durable = newGroupSync(func() error {
-			if err := db.Sync(); err != nil {
-				return err
-			}
-			return files.sync()
-		})
+		s.durable = newGroupSync(files.sync)
 	}
 	s.wg.Add(1)
 	go s.gcLoop(ctx)
