@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,6 +90,13 @@ func (g *groupSync) wait(ticket uint64) error {
 			continue
 		}
 		g.running = true
+		if g.inflight > 0 {
+			// Commits are being written: let them finish and ride this
+			// round rather than pay for the next fsync themselves.
+			g.mu.Unlock()
+			runtime.Gosched()
+			g.mu.Lock()
+		}
 		g.started++
 		round := g.started
 		g.mu.Unlock()

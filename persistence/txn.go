@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 
@@ -124,5 +125,12 @@ type badgerLogger struct{ l *slog.Logger }
 
 func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(sprintf(f, a...)) }
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(sprintf(f, a...)) }
-func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(sprintf(f, a...)) }
-func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(sprintf(f, a...)) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.debug(f, a) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.debug(f, a) }
+
+// debug formats only when debug logging is on: Badger logs on every write batch.
+func (b badgerLogger) debug(f string, a []any) {
+	if b.l.Enabled(context.Background(), slog.LevelDebug) {
+		b.l.Debug(sprintf(f, a...))
+	}
+}
