@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/f47fa0da/tether/broker"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/snapshot"
+	"github.com/f47fa0da/tether/web"
 )
 
 // serveConfig is everything `broker serve` reads from flags, the YAML file
@@ -25,6 +27,7 @@ type serveConfig struct {
 	logLevel  string
 	logFormat string
 	file      string
+	demoCalls bool // register the demo page's call handlers (web.DemoHandlers)
 }
 
 // serveFlags binds every setting to a flag. The flag name is the setting's
@@ -60,6 +63,7 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&b.Sessions.Retention.MaxAge, "journal-max-age", b.Sessions.Retention.MaxAge, "journal events older than this are dropped (0 keeps them)")
 	fs.Var(snapshotKeysValue{&b.SnapshotKeys}, "snapshot-keys", `session snapshot keys: a file of "ID:HEX" lines, or the keys inline ("ID:HEX,…"); the first seals, all open; empty: snapshots off`)
 	fs.DurationVar(&b.SnapshotTTL, "snapshot-ttl", b.SnapshotTTL, "how long a sealed session snapshot can be restored from")
+	fs.BoolVar(&c.demoCalls, "demo-calls", c.demoCalls, "register the demo page's exactly-once calls demo.buy and demo.count")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevel, "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", c.logFormat, "text or json")
 	return fs
@@ -73,7 +77,7 @@ func envName(flagName string) string {
 // loadServeConfig parses args, then fills what they did not set from
 // the environment and then the config file (named by --config or TETHER_CONFIG).
 func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (string, bool)) (*serveConfig, error) {
-	c := &serveConfig{broker: broker.DefaultConfig(), logLevel: "info", logFormat: "text"}
+	c := &serveConfig{broker: broker.DefaultConfig(), logLevel: "info", logFormat: "text", demoCalls: true}
 	fs := serveFlags(c, out)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -121,6 +125,19 @@ func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (strin
 		return nil, fmt.Errorf("log-format: %q is not text or json", c.logFormat)
 	}
 	return c, c.broker.Validate()
+}
+
+// brokerConfig is the broker.Config that serve opens: the settings, and
+// the demo page's call handlers (unless demo-calls is off) beside any
+// handlers already configured, which win.
+func (c *serveConfig) brokerConfig() broker.Config {
+	cfg := c.broker
+	if c.demoCalls {
+		h := web.DemoHandlers()
+		maps.Copy(h, cfg.Handlers)
+		cfg.Handlers = h
+	}
+	return cfg
 }
 
 // applyFile sets every key of the YAML file whose flag was not given.

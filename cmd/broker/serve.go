@@ -15,13 +15,14 @@ func serve(ctx context.Context, stop func(), args []string, stderr io.Writer, lo
 	if err != nil {
 		return err
 	}
-	c.broker.Logger = c.newLogger(stderr)
-	b, err := broker.Open(c.broker)
+	cfg := c.brokerConfig()
+	cfg.Logger = c.newLogger(stderr)
+	b, err := broker.Open(cfg)
 	if err != nil {
 		return err
 	}
 	<-ctx.Done()
 	stop()
-	c.broker.Logger.Info("signal received: shutting down (send it again to force)")
+	cfg.Logger.Info("signal received: shutting down (send it again to force)")
 	return b.Close()
 }
