@@ -6,7 +6,7 @@
 // the user and session name, carries a version that grows with every
 // change of the session, an issue time, an expiry and the id of the key
 // that sealed it. Tampering, another user's or session's blob, an expired
-// blob and an unknown key are all refused.
+// blob and an unknown key are all refused, each with its own error.
 package snapshot
 
 import (
@@ -33,14 +33,26 @@ var (
 	ErrTooLarge   = errors.New("snapshot: blob too large")
 )
 
-// MaxBlob bounds an encoded blob, in bytes (the state holds a memento of
-// at most 16 KiB).
+// MaxBlob bounds an encoded blob, in bytes. It has room for the sessions
+// registry's default limits (a 16 KiB memento, a 128-byte phase); Seal
+// fails for a state that does not fit, so limits raised past it must be
+// checked with CheckLimits.
 const MaxBlob = 24 << 10
 
+// Binary form: format (1 byte), key id length (1 byte), key id, AEAD
+// nonce (24 bytes), ciphertext and tag. The text form is prefix +
+// base64url(binary form).
 const (
-	format   = 1
+	// format 2 authenticates the header alone; the owner is checked from
+	// the authenticated plaintext, so a blob for another session is told
+	// apart from a tampered one.
+	format = 2
+	// format1 (opened until its blobs have expired, never sealed) also put
+	// the owner in the AAD: another session's blob did not authenticate,
+	// so it could not be told from a tampered one.
+	format1  = 1
 	maxKeyID = 32
-	prefix   = "ts1." // text form: prefix + base64url(binary form)
+	prefix   = "ts1."
 )
 
 // State is what a blob carries: the durable state of one session.
@@ -124,7 +136,7 @@ func (s *Sealer) Seal(user, session string, version uint64, st State) (string, e
 	if _, err := rand.Read(nonce); err != nil {
 		return "", err
 	}
-	blob := append(append(header, nonce...), aead.Seal(nil, nonce, plain, aad(header, user, session))...)
+	blob := append(append(header, nonce...), aead.Seal(nil, nonce, plain, header)...)
 	text := prefix + base64.RawURLEncoding.EncodeToString(blob)
 	if len(text) > MaxBlob {
 		return "", fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(text), MaxBlob)
@@ -132,9 +144,8 @@ func (s *Sealer) Seal(user, session string, version uint64, st State) (string, e
 	return text, nil
 }
 
-// aad binds the header and the owner: a blob moved to another session does
-// not authenticate.
-func aad(header []byte, user, session string) []byte {
+// aadFormat1 is a format 1 blob's AAD: the header and the owner.
+func aadFormat1(header []byte, user, session string) []byte {
 	return append(append([]byte{}, header...), "\x00"+user+"/"+session...)
 }
 
@@ -149,7 +160,7 @@ func (s *Sealer) Open(text, user, session string) (Snapshot, error) {
 		return Snapshot{}, ErrMalformed
 	}
 	blob, err := base64.RawURLEncoding.Strict().DecodeString(text[len(prefix):])
-	if err != nil || len(blob) < 2 || blob[0] != format {
+	if err != nil || len(blob) < 2 || blob[0] != format && blob[0] != format1 {
 		return Snapshot{}, ErrMalformed
 	}
 	idLen := int(blob[1])
@@ -172,10 +183,16 @@ func (s *Sealer) Open(text, user, session string) (Snapshot, error) {
 		return Snapshot{}, err
 	}
 	nonce, sealed := rest[:aead.NonceSize()], rest[aead.NonceSize():]
-	plain, err := aead.Open(nil, nonce, sealed, aad(header, user, session))
+	ad := header
+	if header[0] == format1 {
+		ad = aadFormat1(header, user, session)
+	}
+	plain, err := aead.Open(nil, nonce, sealed, ad)
 	if err != nil {
-		// Either tampered with, or sealed for someone else: the AAD binds the owner.
-		return Snapshot{}, fmt.Errorf("%w, or it is for another user or session (%w)", ErrTampered, ErrWrongOwner)
+		if header[0] == format1 { // the owner was in the AAD: the two cannot be told apart
+			return Snapshot{}, fmt.Errorf("%w, or it is for another user or session (%w)", ErrTampered, ErrWrongOwner)
+		}
+		return Snapshot{}, ErrTampered
 	}
 	var snap Snapshot
 	dec := json.NewDecoder(bytes.NewReader(plain))
@@ -183,6 +200,11 @@ func (s *Sealer) Open(text, user, session string) (Snapshot, error) {
 	if err := dec.Decode(&snap); err != nil {
 		return Snapshot{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
+	// The owner is part of the authenticated plaintext, so it is what the
+	// sealing broker wrote: comparing it after authentication binds the
+	// blob to its session as firmly as the AAD did, and lets a blob moved
+	// to another session be refused as such. The error does not name the
+	// real owner (the blob hides it).
 	if snap.User != user || snap.Session != session {
 		return Snapshot{}, ErrWrongOwner
 	}

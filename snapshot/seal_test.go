@@ -1,12 +1,14 @@
 package snapshot
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,11 +102,17 @@ func fmtMsg(msgAndArgs []any) string {
 	return fmt.Sprint(msgAndArgs...)
 }
 
-// requireRefused asserts Open refused the blob with one of targets and
-// returned nothing.
+// requireRefused asserts Open refused the blob with one of targets, with
+// none of the other documented errors (a tampered blob must not be called
+// another session's, nor the reverse), and returned nothing.
 func requireRefused(tb testing.TB, snap Snapshot, err error, targets []error, msgAndArgs ...any) {
 	tb.Helper()
 	requireIsOneOf(tb, err, targets, msgAndArgs...)
+	for _, other := range documented {
+		if !slices.Contains(targets, other) {
+			require.NotErrorIs(tb, err, other, msgAndArgs...)
+		}
+	}
 	require.Zero(tb, snap, msgAndArgs...)
 }
 
@@ -194,7 +202,7 @@ func TestSealHidesState(t *testing.T) {
 
 func TestOpenWrongOwner(t *testing.T) {
 	s := newTestSealer(t, time.Hour, keyNew)
-	owner := []error{ErrWrongOwner, ErrTampered}
+	owner := []error{ErrWrongOwner}
 	text := seal(t, s, "alice", "main", 1, fullState())
 	for _, o := range []struct{ user, session string }{
 		{"bob", "main"},
@@ -210,15 +218,68 @@ func TestOpenWrongOwner(t *testing.T) {
 	} {
 		snap, err := s.Open(text, o.user, o.session)
 		requireRefused(t, snap, err, owner, "opened alice/main's blob as %q/%q", o.user, o.session)
+		require.NotContains(t, err.Error(), "alice", "the error does not name the real owner")
 	}
 
-	// The AAD joins user and session with "/": the owner bound inside the
-	// plaintext must still tell a/b + c from a + b/c.
+	// User and session are separate fields of the plaintext: a/b + c is
+	// not a + b/c.
 	text = seal(t, s, "a/b", "c", 1, State{})
 	snap, err := s.Open(text, "a", "b/c")
 	requireRefused(t, snap, err, owner)
 	_, err = s.Open(text, "a/b", "c")
 	require.NoError(t, err)
+}
+
+// Another session's intact blob and a tampered blob are refused with
+// different errors and messages; a blob both tampered with and presented
+// for another session is tampered (authentication comes first).
+func TestOpenTellsWrongOwnerFromTampered(t *testing.T) {
+	s := newTestSealer(t, time.Hour, keyNew)
+	raw := decodeText(t, seal(t, s, "alice", "main", 1, fullState()))
+	tampered := bytes.Clone(raw)
+	tampered[len(tampered)-20] ^= 0x40 // in the ciphertext
+	for _, tc := range []struct {
+		name, text, user, session string
+		want                      error
+		says, not                 string
+	}{
+		{"intact, other session", encodeText(raw), "alice", "other", ErrWrongOwner, "another user or session", "authenticate"},
+		{"intact, other user", encodeText(raw), "bob", "main", ErrWrongOwner, "another user or session", "authenticate"},
+		{"tampered, right owner", encodeText(tampered), "alice", "main", ErrTampered, "does not authenticate", "another"},
+		{"tampered, other session", encodeText(tampered), "alice", "other", ErrTampered, "does not authenticate", "another"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			snap, err := s.Open(tc.text, tc.user, tc.session)
+			requireRefused(t, snap, err, []error{tc.want})
+			require.Contains(t, err.Error(), tc.says)
+			require.NotContains(t, err.Error(), tc.not)
+		})
+	}
+}
+
+// Format 1 blobs (sealed before format 2) still open for their owner; for
+// anyone else they cannot be told from tampered ones, since their AAD
+// holds the owner, and the error says both.
+func TestOpenFormat1(t *testing.T) {
+	s := goldenSealer(t)
+	var n int
+	for _, g := range goldens {
+		raw := decodeText(t, g.text)
+		if raw[0] != format1 {
+			continue
+		}
+		n++
+		snap, err := s.Open(g.text, g.user, g.session)
+		require.NoError(t, err)
+		requireGolden(t, g, snap)
+		snap, err = s.Open(g.text, g.user, g.session+"x")
+		require.ErrorIs(t, err, ErrTampered)
+		require.ErrorIs(t, err, ErrWrongOwner)
+		require.Zero(t, snap)
+	}
+	require.Positive(t, n, "no format 1 golden")
+	text := seal(t, newTestSealer(t, time.Hour, keyNew), "alice", "main", 1, State{})
+	require.Equal(t, byte(format), decodeText(t, text)[0], "Seal writes format 2")
 }
 
 func TestOpenExpiry(t *testing.T) {

@@ -162,7 +162,7 @@ func TestOpenRejectsSwappedNonceAndBody(t *testing.T) {
 func TestOpenRejectsBadHeader(t *testing.T) {
 	s := newTestSealer(t, time.Hour, keyNew)
 	raw := decodeText(t, seal(t, s, "alice", "main", 1, fullState()))
-	for _, f := range []byte{0, 2, 0x80, 0xff} {
+	for _, f := range []byte{0, 3, 0x80, 0xff} {
 		mut := bytes.Clone(raw)
 		mut[0] = f
 		snap, err := s.Open(encodeText(mut), "alice", "main")
