@@ -6,6 +6,7 @@ import { Countdown, formatSeconds } from './countdown.js';
 const SETTINGS_KEY = 'tether-demo:settings'; // localStorage: ws, user, session, lostAfter
 const TOKEN_KEY = 'tether-demo:token'; // sessionStorage: the token stays in this tab
 const BUY = 'demo.buy';
+const COUNT = 'demo.count';
 const NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
 const $ = (id) => document.getElementById(id);
@@ -22,7 +23,9 @@ const page = {
   ticks: 0,
   lastTickAt: 0,
   buying: false,
-  shop: { memento: 0, count: null, pending: null }, // pending: {memento} of a purchase not confirmed yet
+  // pending: {memento} of a purchase not confirmed yet; countSeq: the seq of
+  // the session's last call when it was a demo.count (0: it was a purchase).
+  shop: { memento: 0, count: null, pending: null, countSeq: 0 },
 };
 
 // ---- storage ----------------------------------------------------------------
@@ -143,7 +146,7 @@ async function start(s) {
   const ws = s.ws === page.configuredWS ? undefined : s.ws;
   localStorage.setItem(SETTINGS_KEY, JSON.stringify({ ws, user: s.user, session: s.session, lostAfter: s.lostAfter }));
   sessionStorage.setItem(TOKEN_KEY, s.token);
-  page.shop = { memento: 0, count: null, pending: null, ...loadJSON(localStorage, shopKey(s), {}) };
+  page.shop = { memento: 0, count: null, pending: null, countSeq: 0, ...loadJSON(localStorage, shopKey(s), {}) };
   resetLive(s);
 
   // The first connection: keep trying while the broker is unreachable (it
@@ -237,7 +240,7 @@ async function begin(run) {
 // the memento says how many purchases committed; a purchase this browser
 // started but the broker never committed is made now, once; the counter is
 // the stored reply of the session's last call, fetched without running it
-// again.
+// again (see lastCount).
 async function resume(run, b) {
   const client = page.client;
   const server = typeof b.memento === 'number' ? b.memento : 0;
@@ -256,14 +259,11 @@ async function resume(run, b) {
     page.shop.pending = null;
     saveShop();
     if (b.next_seq > 1) {
-      // The session's last call was the purchase that made the memento what
-      // it is: sent again unchanged (same seq, method and args), the broker
-      // answers with its stored reply and runs nothing.
-      const last = await client.call(BUY, {}, server, { seq: b.next_seq - 1 });
+      const count = await lastCount(b.next_seq - 1);
       if (run !== page.run) {
         return;
       }
-      page.shop.count = typeof last?.count === 'number' ? last.count : null;
+      page.shop.count = count;
     } else {
       page.shop.count = 0;
     }
@@ -279,6 +279,34 @@ async function resume(run, b) {
     enableBuy();
   }
 }
+
+// lastCount returns the counter as the session's last call (seq) left it.
+// That call, sent again unchanged (same seq, method and args), gets the
+// broker's stored reply and runs nothing: usually the purchase that made
+// the memento what it is. A broker that has no reply for seq (it restored
+// the session from the snapshot this browser kept, so its calls were made
+// elsewhere; or it no longer keeps that reply) refuses it with bad_request:
+// then the counter is read afresh with demo.count, which buys nothing.
+async function lastCount(seq) {
+  const client = page.client;
+  const method = page.shop.countSeq === seq ? COUNT : BUY;
+  try {
+    return countOf(await client.call(method, {}, null, { seq }));
+  } catch (err) {
+    if (err.code !== Codes.BadRequest) {
+      throw err;
+    }
+  }
+  const count = countOf(await client.call(COUNT, {}, null));
+  page.shop.countSeq = client.nextSeq - 1;
+  const note =
+    "This broker has no stored reply of the session's last purchase (it restored the session from the copy this browser kept, " +
+    'or no longer keeps that reply), so the counter was read afresh: it counts the purchases made on this broker.';
+  page.resumeNote = page.resumeNote ? `${page.resumeNote} ${note}` : note;
+  return count;
+}
+
+const countOf = (reply) => (typeof reply?.count === 'number' ? reply.count : null);
 
 // ---- the exactly-once call ----------------------------------------------------
 
@@ -302,7 +330,7 @@ async function buy(memento, how) {
     if (run !== page.run) {
       return;
     }
-    page.shop = { memento: m, count: typeof reply?.count === 'number' ? reply.count : null, pending: null };
+    page.shop = { memento: m, count: countOf(reply), pending: null, countSeq: 0 };
     saveShop();
     renderShop();
     setBuyStatus(how === 'resumed' ? `Purchase #${m} committed after the reload, once.` : `Purchase #${m} committed.`, 'ok');
@@ -329,7 +357,7 @@ function callFailed(err) {
       setBuyStatus('Not confirmed yet. Press Buy again to retry the same purchase: it will not be made twice.', 'warn');
       break;
     case Codes.UnknownMethod:
-      setBuyStatus(`This broker has no ${BUY} handler.`, 'error');
+      setBuyStatus(`This broker has no ${BUY} handler: it runs without the demo's calls (broker serve --demo-calls=false).`, 'error');
       break;
     default:
       setBuyStatus(`The purchase failed: ${err.reason || err.message}`, 'error');

@@ -83,6 +83,7 @@ function formatSeconds(s) {
 var SETTINGS_KEY = "tether-demo:settings";
 var TOKEN_KEY = "tether-demo:token";
 var BUY = "demo.buy";
+var COUNT = "demo.count";
 var NAME = /^[A-Za-z0-9._-]{1,64}$/;
 var $ = (id) => document.getElementById(id);
 var page = {
@@ -97,8 +98,9 @@ var page = {
   ticks: 0,
   lastTickAt: 0,
   buying: false,
-  shop: { memento: 0, count: null, pending: null }
-  // pending: {memento} of a purchase not confirmed yet
+  // pending: {memento} of a purchase not confirmed yet; countSeq: the seq of
+  // the session's last call when it was a demo.count (0: it was a purchase).
+  shop: { memento: 0, count: null, pending: null, countSeq: 0 }
 };
 function loadJSON(storage, key, fallback) {
   try {
@@ -190,7 +192,7 @@ async function start(s) {
   const ws = s.ws === page.configuredWS ? void 0 : s.ws;
   localStorage.setItem(SETTINGS_KEY, JSON.stringify({ ws, user: s.user, session: s.session, lostAfter: s.lostAfter }));
   sessionStorage.setItem(TOKEN_KEY, s.token);
-  page.shop = { memento: 0, count: null, pending: null, ...loadJSON(localStorage, shopKey(s), {}) };
+  page.shop = { memento: 0, count: null, pending: null, countSeq: 0, ...loadJSON(localStorage, shopKey(s), {}) };
   resetLive(s);
   let client;
   for (let wait = 1e3; ; wait = Math.min(wait * 2, 5e3)) {
@@ -291,11 +293,11 @@ async function resume(run, b) {
     page.shop.pending = null;
     saveShop();
     if (b.next_seq > 1) {
-      const last = await client.call(BUY, {}, server, { seq: b.next_seq - 1 });
+      const count = await lastCount(b.next_seq - 1);
       if (run !== page.run) {
         return;
       }
-      page.shop.count = typeof last?.count === "number" ? last.count : null;
+      page.shop.count = count;
     } else {
       page.shop.count = 0;
     }
@@ -311,6 +313,23 @@ async function resume(run, b) {
     enableBuy();
   }
 }
+async function lastCount(seq) {
+  const client = page.client;
+  const method = page.shop.countSeq === seq ? COUNT : BUY;
+  try {
+    return countOf(await client.call(method, {}, null, { seq }));
+  } catch (err) {
+    if (err.code !== Codes.BadRequest) {
+      throw err;
+    }
+  }
+  const count = countOf(await client.call(COUNT, {}, null));
+  page.shop.countSeq = client.nextSeq - 1;
+  const note = "This broker has no stored reply of the session's last purchase (it restored the session from the copy this browser kept, or no longer keeps that reply), so the counter was read afresh: it counts the purchases made on this broker.";
+  page.resumeNote = page.resumeNote ? `${page.resumeNote} ${note}` : note;
+  return count;
+}
+var countOf = (reply) => typeof reply?.count === "number" ? reply.count : null;
 async function buy(memento, how) {
   const client = page.client;
   if (!client || page.buying) {
@@ -328,7 +347,7 @@ async function buy(memento, how) {
     if (run !== page.run) {
       return;
     }
-    page.shop = { memento: m, count: typeof reply?.count === "number" ? reply.count : null, pending: null };
+    page.shop = { memento: m, count: countOf(reply), pending: null, countSeq: 0 };
     saveShop();
     renderShop();
     setBuyStatus(how === "resumed" ? `Purchase #${m} committed after the reload, once.` : `Purchase #${m} committed.`, "ok");
@@ -354,7 +373,7 @@ function callFailed(err) {
       setBuyStatus("Not confirmed yet. Press Buy again to retry the same purchase: it will not be made twice.", "warn");
       break;
     case Codes.UnknownMethod:
-      setBuyStatus(`This broker has no ${BUY} handler.`, "error");
+      setBuyStatus(`This broker has no ${BUY} handler: it runs without the demo's calls (broker serve --demo-calls=false).`, "error");
       break;
     default:
       setBuyStatus(`The purchase failed: ${err.reason || err.message}`, "error");
