@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/auth"
@@ -26,6 +28,8 @@ import (
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/snapshot"
+	"github.com/f47fa0da/tether/web"
+	"github.com/f47fa0da/tether/wire"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -47,47 +51,54 @@ func browserDeps(t *testing.T) string {
 	return node
 }
 
-// demoShop is the demo's buy handler as the broker will register it, with
-// counters the test reads: the handler's runs and the last committed count.
+// demoShop wraps the demo's calls as the broker binary registers them
+// (web.DemoHandlers) with what the test reads of the watched session's
+// purchases: the handler's runs and the last committed count; and, on
+// demand, a slow purchase.
 type demoShop struct {
-	runs      atomic.Int64 // handler runs (a retried call that got its stored reply does not run)
-	committed atomic.Int64 // count after the last committed buy
-	slow      atomic.Bool  // the next buy holds for a while inside the handler
-	inflight  atomic.Bool  // a slow buy is inside the handler now
+	user, session string       // the watched session
+	runs          atomic.Int64 // handler runs (a retried call that got its stored reply does not run)
+	committed     atomic.Int64 // count after the last committed buy
+	slow          atomic.Bool  // the next buy holds for a while inside the handler
+	inflight      atomic.Bool  // a slow buy is inside the handler now
 }
 
-func (s *demoShop) buy(ctx context.Context, c *nonce.Call) (any, error) {
-	var n int
-	if _, err := c.State.GetJSON("demo.count", &n); err != nil {
-		return nil, err
-	}
-	n++
-	if err := c.State.SetJSON("demo.count", n); err != nil {
-		return nil, err
-	}
-	s.runs.Add(1)
-	if s.slow.CompareAndSwap(true, false) {
-		s.inflight.Store(true)
-		select {
-		case <-time.After(1500 * time.Millisecond):
-		case <-ctx.Done():
-			return nil, ctx.Err()
+func (s *demoShop) handlers() map[string]nonce.Handler {
+	h := web.DemoHandlers()
+	buy := h[web.MethodBuy]
+	h[web.MethodBuy] = func(ctx context.Context, c *nonce.Call) (any, error) {
+		res, err := buy(ctx, c)
+		if err != nil || c.User != s.user || c.Session != s.session {
+			return res, err
 		}
+		reply, ok := res.(web.ShopReply)
+		if !ok {
+			return nil, fmt.Errorf("demo.buy replied %T", res)
+		}
+		s.runs.Add(1)
+		if s.slow.CompareAndSwap(true, false) {
+			s.inflight.Store(true)
+			select {
+			case <-time.After(1500 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		c.AfterCommit(func() {
+			s.committed.Store(reply.Count)
+			s.inflight.Store(false)
+		})
+		return res, nil
 	}
-	c.AfterCommit(func() {
-		s.committed.Store(int64(n))
-		s.inflight.Store(false)
-	})
-	return map[string]int{"count": n}, nil
+	return h
 }
 
 // restartable is a broker the test stops and starts again on the same data
 // directory and the same ports, as a crash-and-restart would.
 type restartable struct {
-	cfg  broker.Config
-	shop *demoShop
-	mu   sync.Mutex
-	b    *broker.Broker
+	cfg broker.Config
+	mu  sync.Mutex
+	b   *broker.Broker
 }
 
 func (r *restartable) start() error {
@@ -100,7 +111,6 @@ func (r *restartable) start() error {
 	if err != nil {
 		return err
 	}
-	b.Handle("demo.buy", r.shop.buy)
 	r.b = b
 	return nil
 }
@@ -137,15 +147,18 @@ func freeAddrs(t *testing.T, n int) []string {
 }
 
 // TestBrowserDemo drives the demo page in headless Chromium (web/test/e2e.mjs)
-// against a real broker: begin, ticks and the countdown, notifications (in
-// order, acked, and those queued while the page was away), exactly-once
+// against a real broker with the demo's calls as `broker serve` registers
+// them: begin (with 2 missed ticks for "lost", not the default 3), ticks
+// and the countdown, notifications published by a Go service client over
+// MQTT (in order, acked, and those queued while the page was away), exactly-once
 // buys across a reload mid-call, a broker restart (the lost banner comes and
 // goes, a purchase made while it was down is sent once), a page closed with
 // a purchase unsent, a takeover by a second tab, the client API, expiry, a
 // token revoked under an open page, and end. The broker has snapshot keys:
 // the page keeps the session's newest sealed snapshot in localStorage and
 // presents it at begin, which restores a session on a broker that never
-// had it (another node with the same keys).
+// had it (another node with the same keys), where the page reads the
+// counter afresh since that broker has no reply of the last purchase.
 func TestBrowserDemo(t *testing.T) {
 	node := browserDeps(t)
 
@@ -164,11 +177,14 @@ func TestBrowserDemo(t *testing.T) {
 	cfg.Sessions.TickInterval = 400 * time.Millisecond
 	cfg.Sessions.Rules = rules
 	cfg.SnapshotKeys = keys
-	shop := &demoShop{}
-	srv := &restartable{cfg: cfg, shop: shop}
+	shop := &demoShop{user: "alice", session: "e2e-1"}
+	cfg.Handlers = shop.handlers()
+	srv := &restartable{cfg: cfg}
 	require.NoError(t, srv.start())
 	t.Cleanup(func() { _ = srv.stop() })
 	alice := brokertest.Token(t, srv.broker(), "alice", auth.RoleDevice)
+	// The application side: a service user that notifies sessions over MQTT.
+	notifierToken := brokertest.Token(t, srv.broker(), "shop-app", auth.RoleService)
 
 	// Elsewhere: another broker with the same snapshot keys and none of the
 	// sessions, which lets the demo's page (a different origin) connect.
@@ -177,8 +193,10 @@ func TestBrowserDemo(t *testing.T) {
 	cfgElsewhere.Sessions.Rules = rules
 	cfgElsewhere.SnapshotKeys = keys
 	cfgElsewhere.WSOrigins = []string{"http://" + cfg.HTTPAddr}
+	cfgElsewhere.Handlers = web.DemoHandlers()
 	elsewhere := brokertest.Start(t, cfgElsewhere)
 	aliceElsewhere := brokertest.Token(t, elsewhere, "alice", auth.RoleDevice)
+	bobElsewhere := brokertest.Token(t, elsewhere, "bob", auth.RoleDevice)
 	bob := brokertest.Token(t, srv.broker(), "bob", auth.RoleDevice)
 	carol, carolTok, err := srv.broker().Tokens().Add(auth.NewToken{User: "carol", Role: auth.RoleDevice, ValidUntil: time.Now().Add(time.Hour)})
 	require.NoError(t, err)
@@ -193,18 +211,12 @@ func TestBrowserDemo(t *testing.T) {
 	})
 	control.HandleFunc("POST /slow", func(w http.ResponseWriter, _ *http.Request) { shop.slow.Store(true); answer(w, nil) })
 	control.HandleFunc("POST /notify", func(w http.ResponseWriter, r *http.Request) {
-		// The application side: n notifications for alice/e2e-1, through the broker's Go API.
 		n, _ := strconv.Atoi(r.FormValue("n"))
-		var seqs []uint64
-		for i := range n {
-			seq, err := srv.broker().Notify("alice", "e2e-1", map[string]any{"text": r.FormValue("text") + " " + strconv.Itoa(i+1)})
-			if err != nil {
-				answer(w, err)
-				return
-			}
-			seqs = append(seqs, seq)
+		if err := notifyOverMQTT("tcp://"+cfg.MQTTAddr, "shop-app", notifierToken, "alice", "e2e-1", r.FormValue("text"), n); err != nil {
+			answer(w, err)
+			return
 		}
-		_ = json.NewEncoder(w).Encode(seqs)
+		_ = json.NewEncoder(w).Encode(map[string]int{"published": n})
 	})
 	control.HandleFunc("GET /state", func(w http.ResponseWriter, _ *http.Request) {
 		queued, err := srv.broker().Outq("alice", "e2e-1", 100)
@@ -219,10 +231,7 @@ func TestBrowserDemo(t *testing.T) {
 	ctl := httptest.NewServer(control)
 	t.Cleanup(ctl.Close)
 
-	shots := os.Getenv("TETHER_E2E_SHOTS") // keep screenshots somewhere to look at
-	if shots == "" {
-		shots = t.TempDir()
-	}
+	shots := screenshotDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, filepath.Join("test", "e2e.mjs"))
@@ -234,13 +243,14 @@ func TestBrowserDemo(t *testing.T) {
 		"TETHER_E2E_USER2=bob", "TETHER_E2E_TOKEN2="+bob,
 		"TETHER_E2E_USER3=carol", "TETHER_E2E_TOKEN3="+carol,
 		"TETHER_E2E_WS_ELSEWHERE=ws://"+elsewhere.Addrs().WS+"/mqtt", "TETHER_E2E_TOKEN_ELSEWHERE="+aliceElsewhere,
+		"TETHER_E2E_TOKEN2_ELSEWHERE="+bobElsewhere,
 		"TETHER_E2E_TICK_MS="+strconv.Itoa(int(cfg.Sessions.TickInterval/time.Millisecond)),
 		"TETHER_E2E_CHROMIUM="+chromiumPath,
 		"TETHER_E2E_SHOTS="+shots,
 	)
 	out, err := cmd.CombinedOutput()
 	t.Logf("e2e.mjs output:\n%s", out)
-	t.Logf("screenshots in %s", shots)
+	logScreenshots(t, shots)
 	require.NoError(t, err, "the browser script failed (see its output and the screenshots above)")
 
 	var result struct {
@@ -266,6 +276,61 @@ func TestBrowserDemo(t *testing.T) {
 	moved, err := elsewhere.Sessions().Get("alice", "e2e-snap")
 	require.NoError(t, err)
 	require.Equal(t, sessions.StateEnded, moved.State, "the session restored elsewhere was carried on there and ended")
+}
+
+// notifyOverMQTT is a Go service client: it connects as service user
+// notifier and publishes n notifications for user/session on the
+// documented topic (tether/notify/U/S, QoS 1), each acknowledged once the
+// broker has it durably queued. A connection per batch: the broker under
+// it restarts during the test.
+func notifyOverMQTT(url, notifier, token, user, session, text string, n int) error {
+	c := paho.NewClient(brokertest.ClientOptions(url, notifier, token))
+	if err := brokertest.Wait(c.Connect()); err != nil {
+		return fmt.Errorf("service client: connect: %w", err)
+	}
+	defer c.Disconnect(250)
+	topic := wire.NotifyRoot + "/" + user + "/" + session
+	for i := range n {
+		payload, err := json.Marshal(map[string]any{"data": map[string]any{"text": text + " " + strconv.Itoa(i+1)}})
+		if err != nil {
+			return err
+		}
+		if err := brokertest.Wait(c.Publish(topic, 1, false, payload)); err != nil {
+			return fmt.Errorf("service client: publish %d on %s: %w", i+1, topic, err)
+		}
+	}
+	return nil
+}
+
+// screenshotDir is where the browser script writes its screenshots:
+// $TETHER_E2E_SHOTS, or web/test-output (git-ignored), emptied first so
+// that what is there is this run's. Unlike t.TempDir it outlives the test.
+func screenshotDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("TETHER_E2E_SHOTS")
+	if dir == "" {
+		dir = "test-output"
+		require.NoError(t, os.RemoveAll(dir))
+	}
+	dir, err := filepath.Abs(dir)
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	return dir
+}
+
+// logScreenshots names every screenshot in dir, failures first.
+func logScreenshots(t *testing.T, dir string) {
+	t.Helper()
+	shots, _ := filepath.Glob(filepath.Join(dir, "*.png"))
+	sort.SliceStable(shots, func(i, j int) bool {
+		return strings.HasPrefix(filepath.Base(shots[i]), "failure-") && !strings.HasPrefix(filepath.Base(shots[j]), "failure-")
+	})
+	for _, p := range shots {
+		t.Logf("screenshot: %s", p)
+	}
+	if len(shots) == 0 {
+		t.Logf("no screenshots in %s", dir)
+	}
 }
 
 func answer(w http.ResponseWriter, err error) {

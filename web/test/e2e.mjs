@@ -1,13 +1,15 @@
 // The demo page in headless Chromium against a real broker. Run by
-// web/browser_test.go (TestBrowserDemo), which starts the broker, registers
-// demo.buy, and passes in (environment):
+// web/browser_test.go (TestBrowserDemo), which starts the broker with the
+// demo's calls (web.DemoHandlers), and passes in (environment):
 //
 //   TETHER_E2E_URL      the broker's HTTP root (redirects to /demo/)
 //   TETHER_E2E_WS       the WebSocket URL the page should be told
-//   TETHER_E2E_CONTROL  the test's control server: POST /stop, /start, /slow, /notify, /revoke-carol; GET /state
+//   TETHER_E2E_CONTROL  the test's control server: POST /stop, /start, /slow, /notify (a Go
+//                       service client publishes on tether/notify/…), /revoke-carol; GET /state
 //   TETHER_E2E_USER, TETHER_E2E_TOKEN (and _USER2, _TOKEN2, _USER3, _TOKEN3: other users)
-//   TETHER_E2E_WS_ELSEWHERE, TETHER_E2E_TOKEN_ELSEWHERE  another broker with the same snapshot
-//                       keys and no sessions, and the first user's token there
+//   TETHER_E2E_WS_ELSEWHERE, TETHER_E2E_TOKEN_ELSEWHERE, TETHER_E2E_TOKEN2_ELSEWHERE  another
+//                       broker with the same snapshot keys, the demo's calls and no sessions,
+//                       and the first and second users' tokens there
 //   TETHER_E2E_TICK_MS  the broker's tick interval
 //   TETHER_E2E_CHROMIUM the browser (Debian's /usr/bin/chromium; never downloaded)
 //   TETHER_E2E_SHOTS    where screenshots go
@@ -37,6 +39,7 @@ const user3 = env('TETHER_E2E_USER3');
 const token3 = env('TETHER_E2E_TOKEN3');
 const wsElsewhere = env('TETHER_E2E_WS_ELSEWHERE');
 const tokenElsewhere = env('TETHER_E2E_TOKEN_ELSEWHERE');
+const token2Elsewhere = env('TETHER_E2E_TOKEN2_ELSEWHERE');
 const tickMs = Number(env('TETHER_E2E_TICK_MS'));
 const shots = env('TETHER_E2E_SHOTS');
 const phone = { width: 390, height: 844 };
@@ -130,6 +133,21 @@ async function startSession(page, u, tok, session) {
   await page.locator('#live').waitFor({ state: 'visible' });
 }
 
+// connectionSettings fills the form's folded connection settings: the
+// WebSocket URL and the missed ticks that mean "connection lost".
+async function connectionSettings(page, { ws, lostAfter }) {
+  await page.locator('#connect').waitFor({ state: 'visible' });
+  if (!(await page.locator('details.advanced').evaluate((d) => d.open))) {
+    await page.click('details.advanced summary');
+  }
+  if (ws !== undefined) {
+    await page.fill('input[name=ws]', ws);
+  }
+  if (lostAfter !== undefined) {
+    await page.fill('input[name=lostAfter]', String(lostAfter));
+  }
+}
+
 async function shop(page) {
   return { count: (await text(page, '#count')).trim(), memento: (await text(page, '#memento')).trim() };
 }
@@ -154,9 +172,9 @@ async function noteSeqs(page) {
 }
 
 // storedSnapshot is what the client keeps in the page's localStorage for
-// user/session: {version, blob}, or null.
-async function storedSnapshot(page, session) {
-  const text = await page.evaluate((key) => localStorage.getItem(key), `tether:snapshot:${user}/${session}`);
+// u/session: {version, blob}, or null.
+async function storedSnapshot(page, session, u = user) {
+  const text = await page.evaluate((key) => localStorage.getItem(key), `tether:snapshot:${u}/${session}`);
   return text === null ? null : JSON.parse(text);
 }
 
@@ -184,6 +202,8 @@ try {
   });
 
   await step('begin: a fresh session, ticks arrive and the countdown runs', async () => {
+    // Not the default 3: the lost banner below must say 2, also after reloads.
+    await connectionSettings(page, { lostAfter: 2 });
     await startSession(page, user, token, 'e2e-1');
     await waitText(page, '#begun', 'fresh');
     await waitText(page, '#state', 'active');
@@ -213,9 +233,8 @@ try {
     assert.ok(moved >= 2 && moved <= 4, `countdown moved ${moved} s in 3.5 s: ${JSON.stringify(samples)}`);
   });
 
-  await step('notifications arrive in order, once each, and are acknowledged', async () => {
-    const seqs = await ctl('POST', '/notify?n=3&text=hello');
-    assert.deepEqual(seqs, [1, 2, 3]);
+  await step('notifications from a Go service client arrive in order, once each, and are acknowledged', async () => {
+    assert.deepEqual(await ctl('POST', '/notify?n=3&text=hello'), { published: 3 });
     await waitFor('3 notifications', async () => (await noteSeqs(page)).length === 3);
     assert.deepEqual(await noteSeqs(page), [3, 2, 1], 'newest first, each once');
     assert.match(await text(page, '#notes li[data-seq="2"] .data'), /hello 2/);
@@ -227,8 +246,8 @@ try {
 
   await step('notifications queued while the page was away arrive when it comes back, after the acked ones', async () => {
     await page.goto('about:blank');
-    const seqs = await ctl('POST', '/notify?n=2&text=while+away');
-    assert.deepEqual(seqs, [4, 5]);
+    assert.deepEqual(await ctl('POST', '/notify?n=2&text=while+away'), { published: 2 });
+    assert.equal((await ctl('GET', '/state')).queued, 2, 'acknowledged to the service means queued');
     await page.goto(base);
     await page.locator('#live').waitFor({ state: 'visible' });
     await waitFor('begin to report crashed', async () => (await attr(page, '#begun', 'data-crashed')) === 'true');
@@ -276,7 +295,7 @@ try {
   await step('the broker goes away: the lost banner appears; a purchase waits; it comes back: the banner clears, the purchase is made once', async () => {
     await ctl('POST', '/stop');
     await waitFor('the lost banner', async () => (await bannerKind(page)) === 'lost', 3 * tickMs + 5000);
-    assert.match(await text(page, '#banner-text'), /Connection lost: no tick from the broker for 3 tick intervals/);
+    assert.match(await text(page, '#banner-text'), /Connection lost: no tick from the broker for 2 tick intervals/);
     await page.screenshot({ path: join(shots, 'phone-lost.png'), fullPage: true });
     await page.click('#buy');
     await waitText(page, '#buy-status', /Waiting for the connection/);
@@ -472,6 +491,46 @@ try {
       fresh: false,
     });
     await api.close();
+  });
+
+  await step('the page carries a session on to another broker from its kept snapshot; the counter is read afresh there', async () => {
+    const other = await browser.newContext({ viewport: phone });
+    const p = await newPage(other, 'bob-moves');
+    await p.goto(base);
+    await startSession(p, user2, token2, 'e2e-move');
+    await waitText(p, '#begun', 'fresh');
+    await waitText(p, '#count', '0');
+    for (let n = 1; n <= 2; n++) {
+      const before = (await storedSnapshot(p, 'e2e-move', user2))?.version ?? 0;
+      await waitFor('the Buy button to be enabled', () => p.locator('#buy').isEnabled());
+      await p.click('#buy');
+      await waitText(p, '#buy-status', `Purchase #${n} committed.`);
+      assert.deepEqual(await shop(p), { count: String(n), memento: String(n) });
+      await waitFor(`the snapshot of purchase #${n}`, async () => (await storedSnapshot(p, 'e2e-move', user2))?.version > before);
+    }
+
+    // Switch session, to the other broker: it never saw e2e-move and has
+    // no reply of its last purchase to send again.
+    await p.click('#leave');
+    await connectionSettings(p, { ws: wsElsewhere });
+    await submitForm(p, user2, token2Elsewhere, 'e2e-move');
+    await waitFor('begin to report crashed', async () => (await attr(p, '#begun', 'data-crashed')) === 'true');
+    await waitText(p, '#buy-status', /read afresh/);
+    assert.deepEqual(await shop(p), { count: '0', memento: '2' }, 'the memento came with the snapshot, the counter is this broker\'s');
+    const sent = await p.locator('#log li').evaluateAll((els) => els.map((e) => e.textContent));
+    assert.ok(sent.some((l) => /> req \{"id":"[^"]+","op":"begin","restore":"ts1\./.test(l)), `a begin with restore:\n${sent.join('\n')}`);
+    await p.click('#buy');
+    await waitText(p, '#buy-status', 'Purchase #3 committed.');
+    assert.deepEqual(await shop(p), { count: '1', memento: '3' });
+
+    // A reload there: the purchase's stored reply shows the counter again.
+    await p.reload();
+    await waitFor('begin to report crashed', async () => (await attr(p, '#begun', 'data-crashed')) === 'true');
+    await waitText(p, '#count', '1');
+    assert.deepEqual(await shop(p), { count: '1', memento: '3' });
+    assert.equal(await text(p, '#buy-status'), '', 'no note: the reply was there');
+    await p.screenshot({ path: join(shots, 'phone-moved.png'), fullPage: true });
+    await other.close();
   });
 
   await step('a token revoked under an open page: the page says so and asks for a valid one', async () => {
