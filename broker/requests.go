@@ -108,10 +108,10 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 		err error
 	)
 	if h.snaps != nil {
-		before := h.snaps.version(user, name)
-		defer func() { // at most one snapshot per request, only if something changed
-			if h.snaps.version(user, name) != before {
-				if err := h.snaps.send(cl, user, name); err != nil {
+		before, _ := h.snaps.sealed(user, name)
+		defer func() { // at most one snapshot per request: only if it succeeded and the sealed state changed
+			if err == nil {
+				if err := h.snaps.sendIfChanged(cl, user, name, before); err != nil {
 					h.log.Error("send snapshot", "session", user+"/"+name, "error", err)
 				}
 			}

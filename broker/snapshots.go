@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,27 +24,25 @@ type snapshots struct {
 	store    *persistence.Store
 }
 
-// version is user/name's record version now (0 if unknown).
-func (s *snapshots) version(user, name string) uint64 {
-	v, err := s.registry.Get(user, name)
-	if err != nil {
-		return 0
-	}
-	return v.Version
+// sealed is what a snapshot of a session carries, as of one moment.
+type sealed struct {
+	version uint64
+	state   snapshot.State
+	key     []byte // state's JSON: equal keys mean equal blobs but for the version
 }
 
-// send seals user/name's state and writes it to cl alone, on
-// sessions/U/S/snapshot (QoS 0: a lost one is superseded by the next).
-func (s *snapshots) send(cl *mqtt.Client, user, name string) error {
+// sealed reads user/name's sealed state now: the zero sealed if the
+// session is unknown (or on error, so a request that succeeds sends one).
+func (s *snapshots) sealed(user, name string) (sealed, error) {
 	rec, err := s.registry.Get(user, name)
 	if err != nil {
-		return err
+		return sealed{}, err
 	}
 	st := snapshot.State{Nonce: rec.Nonce, Memento: rec.Memento, Phase: rec.Phase, FirstBegin: rec.FirstBegin,
 		Deadline: rec.Deadline, LastCallSeq: rec.LastCallSeq}
 	if rec.Policy != nil {
 		if st.Policy, err = json.Marshal(rec.Policy); err != nil {
-			return err
+			return sealed{}, err
 		}
 	}
 	if err := s.store.View(func(tx persistence.Txn) error {
@@ -51,13 +50,32 @@ func (s *snapshots) send(cl *mqtt.Client, user, name string) error {
 		st.Acked, st.NextNotify = m.Acked, m.NextSeq
 		return err
 	}); err != nil {
+		return sealed{}, err
+	}
+	key, err := json.Marshal(st)
+	return sealed{version: rec.Version, state: st, key: key}, err
+}
+
+// sendIfChanged sends cl a snapshot of user/name if its sealed state
+// differs from before. The record version is no test of that: it also
+// grows for what a blob does not carry (a ping's cursor, presence, a
+// refused begin's journal entry).
+func (s *snapshots) sendIfChanged(cl *mqtt.Client, user, name string, before sealed) error {
+	now, err := s.sealed(user, name)
+	if err != nil || bytes.Equal(now.key, before.key) {
 		return err
 	}
-	blob, err := s.sealer.Seal(user, name, rec.Version, st)
+	return s.send(cl, user, name, now)
+}
+
+// send seals cur and writes it to cl alone, on sessions/U/S/snapshot
+// (QoS 0: a lost one is superseded by the next).
+func (s *snapshots) send(cl *mqtt.Client, user, name string, cur sealed) error {
+	blob, err := s.sealer.Seal(user, name, cur.version, cur.state)
 	if err != nil {
 		return err
 	}
-	payload, err := json.Marshal(map[string]any{"version": rec.Version, "blob": blob})
+	payload, err := json.Marshal(map[string]any{"version": cur.version, "blob": blob})
 	if err != nil {
 		return err
 	}
