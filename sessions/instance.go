@@ -234,26 +234,65 @@ type Restored struct {
 // record of the session or an older version of it, and reports whether it
 // did; a record at st.Version or newer is kept as it is. fn, if not nil,
 // runs in the same transaction (other parts' restored state).
+//
+// The blob is the newer state, so it wins whatever this broker's record
+// says: the state follows from it, not from the local record. With a
+// current instance the session is detached (its device is about to come
+// back), without one it is ended (or new, if it was never begun); a local
+// ended or expired record does not stay so. A deadline that has passed
+// expires the session again at its next touch, as any other would. The
+// one exception is an instance live here under the exclusive policy: a
+// blob does not replace it (the begin that follows is refused, as any
+// other begin would be while it is live).
 func (r *Registry) Restore(user, name string, st Restored, fn func(tx persistence.Txn) error) (bool, error) {
 	restored := false
-	err := r.Update(user, name, func(tx persistence.Txn, s *Session) (Change, error) {
-		if s.Version >= st.Version {
-			return Change{}, nil
+	err := r.with(user, name, func(e *entry) error {
+		if e.s.Version >= st.Version {
+			return nil
 		}
-		s.Nonce, s.Memento, s.Phase = st.Nonce, st.Memento, st.Phase
-		s.FirstBegin, s.Deadline, s.LastCallSeq, s.Policy = st.FirstBegin, st.Deadline, st.LastCallSeq, st.Policy
-		if st.Nonce != "" && s.State == StateNew {
-			s.State = StateDetached // an instance is current; its device is about to come back
+		if e.s.live() && e.conn != 0 && policyFor(&e.s, r.cfg.Rules, r.cfg.DefaultPolicy).Mode == Exclusive {
+			return nil
 		}
-		if fn != nil {
-			if err := fn(tx); err != nil {
-				return Change{}, err
+		isNew, err := r.admitNew(e)
+		if err != nil {
+			return err
+		}
+		now := r.now()
+		err = r.commitFn(e, isNew, func(tx persistence.Txn, s *Session) (Change, error) {
+			state := StateEnded
+			switch {
+			case st.Nonce != "":
+				state = StateDetached
+			case st.FirstBegin.IsZero():
+				state = StateNew
 			}
+			from := s.State
+			s.Nonce, s.Memento, s.Phase = st.Nonce, st.Memento, st.Phase
+			s.FirstBegin, s.Deadline, s.LastCallSeq, s.Policy = st.FirstBegin, st.Deadline, st.LastCallSeq, st.Policy
+			if s.State != state {
+				s.State, s.Since = state, now
+			}
+			if fn != nil {
+				if err := fn(tx); err != nil {
+					return Change{}, err
+				}
+			}
+			// write adds one: the restored record continues from the snapshot's version.
+			s.Version = st.Version
+			return Change{Changed: true, Events: []Event{{Kind: "restored", Detail: map[string]any{
+				"version": st.Version, "from": string(from), "state": string(state)}}}}, nil
+		})
+		if err != nil {
+			return err
 		}
-		// write adds one: the restored record continues from the snapshot's version.
-		s.Version = st.Version
 		restored = true
-		return Change{Changed: true, Events: []Event{{Kind: "restored", Detail: map[string]any{"version": st.Version}}}}, nil
+		// What a local instance held (connection, timers) is gone with it.
+		if e.conn != 0 {
+			r.unattach(e)
+			r.out.Presence(user, name, Presence{State: "offline", Since: now.UnixMilli()})
+		}
+		e.stopTimers()
+		return nil
 	})
 	return restored, err
 }
