@@ -3,6 +3,7 @@ package persistence
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -119,78 +120,115 @@ func (g *groupSync) stats() (commits, syncs uint64) {
 	return g.commits, g.done
 }
 
-// logFiles makes Badger's logs durable: every memtable write-ahead log
-// (*.mem) and value log (*.vlog) in the directory is fsynced, and the
-// directory itself when a new log file has appeared since the last round.
-// Badger writes its logs through shared memory maps; on Linux fsync writes
-// back pages dirtied through a mapping just as msync does.
+// logFiles makes Badger's logs durable: the memtable write-ahead logs
+// (*.mem) and value logs (*.vlog) that may hold writes since the last
+// round are fsynced, and the directory itself when a new log file has
+// appeared. Badger writes its logs through shared memory maps; on Linux
+// fsync writes back pages dirtied through a mapping just as msync does.
+//
+// Badger appends only to the newest log of each kind, so a round syncs the
+// logs numbered at or above the newest one the previous round saw: an
+// older log was complete before that round listed the directory, and that
+// round synced it. Handles of the logs still written to stay open between
+// rounds, so a round costs one directory listing and an fsync per live log.
 //
 // Badger's own Sync is not used: it covers only the current memtable's log
 // (one that filled up stays unsynced until a background flush has written
 // it as a table), and it holds the database lock through the msync, which
 // stalls every commit behind the round instead of letting them gather for
 // the next one.
+//
+// Only the round leader calls sync, one at a time (groupSync).
 type logFiles struct {
-	dir            string
-	lastMem, lastV uint64
+	dir     string
+	d       *os.File            // the directory, kept open
+	open    map[string]*os.File // live logs by file name
+	lastTop [2]uint64           // newest log id of each kind at the last round
 }
 
+var logExts = [2]string{".mem", ".vlog"}
+
 func (l *logFiles) sync() error {
-	d, err := os.Open(l.dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		return err
-	}
-	topMem, err := syncLogs(l.dir, names, ".mem")
-	if err != nil {
-		return err
-	}
-	topV, err := syncLogs(l.dir, names, ".vlog")
-	if err != nil {
-		return err
-	}
-	if topMem != l.lastMem || topV != l.lastV {
-		if err := d.Sync(); err != nil {
+	if l.d == nil {
+		d, err := os.Open(l.dir)
+		if err != nil {
 			return err
 		}
-		l.lastMem, l.lastV = topMem, topV
+		l.d, l.open = d, map[string]*os.File{}
+	} else if _, err := l.d.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	names, err := l.d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	var top [2]uint64
+	for _, n := range names {
+		kind, id, ok := logID(n)
+		if !ok {
+			continue
+		}
+		top[kind] = max(top[kind], id)
+		if id < l.lastTop[kind] {
+			continue // complete, and synced by an earlier round
+		}
+		if err := l.syncFile(n); err != nil {
+			return err
+		}
+	}
+	if top != l.lastTop {
+		// New logs: their directory entries must be durable too, and the
+		// handles of logs that are now complete can go.
+		if err := l.d.Sync(); err != nil {
+			return err
+		}
+		for n, f := range l.open {
+			if kind, id, _ := logID(n); id < top[kind] {
+				_ = f.Close()
+				delete(l.open, n)
+			}
+		}
+		l.lastTop = top
 	}
 	return nil
 }
 
-// syncLogs fsyncs every file named <id><ext> and returns the highest id.
-func syncLogs(dir string, names []string, ext string) (top uint64, err error) {
-	for _, n := range names {
-		base, ok := strings.CutSuffix(n, ext)
-		if !ok {
-			continue
-		}
-		id, err := strconv.ParseUint(base, 10, 64)
-		if err != nil {
-			continue
-		}
-		if err := syncFile(filepath.Join(dir, n)); err != nil {
-			return 0, err
-		}
-		top = max(top, id)
+// close releases the handles; the next sync opens them again.
+func (l *logFiles) close() {
+	for _, f := range l.open {
+		_ = f.Close()
 	}
-	return top, nil
+	if l.d != nil {
+		_ = l.d.Close()
+	}
+	l.d, l.open = nil, nil
 }
 
-// syncFile fsyncs a file by name; one removed meanwhile was already written
-// out by Badger and needs nothing.
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+// logID parses a log file name <id>.mem or <id>.vlog.
+func logID(name string) (kind int, id uint64, ok bool) {
+	for k, ext := range logExts {
+		if base, found := strings.CutSuffix(name, ext); found {
+			id, err := strconv.ParseUint(base, 10, 64)
+			return k, id, err == nil
+		}
 	}
-	if err != nil {
-		return err
+	return 0, 0, false
+}
+
+// syncFile fsyncs the log named n; one removed meanwhile was already
+// written out by Badger (flushed to a table, or collected) and needs nothing.
+func (l *logFiles) syncFile(n string) error {
+	f, ok := l.open[n]
+	if !ok {
+		var err error
+		f, err = os.Open(filepath.Join(l.dir, n))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		l.open[n] = f
 	}
-	defer f.Close()
 	return f.Sync()
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -113,26 +114,47 @@ func TestSyncFailureIsSticky(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 }
 
-// TestSyncLogs checks a round finds Badger's logs by name: every memtable
-// and value log, and the newest id of each kind.
-func TestSyncLogs(t *testing.T) {
+// TestLogFilesSyncsLiveLogs checks which of Badger's logs a round syncs:
+// every log at or above the newest of its kind seen by the last round, not
+// the ones completed before it, nor other files; a log removed meanwhile
+// (flushed by Badger) is no error.
+func TestLogFilesSyncsLiveLogs(t *testing.T) {
 	dir := t.TempDir()
-	for _, n := range []string{"00001.mem", "00003.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem"} {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte("data"), 0o600))
+	touch := func(names ...string) {
+		for _, n := range names {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte("data"), 0o600))
+		}
 	}
-	names := []string{"00001.mem", "00003.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem", "00009.mem"} // 00009 is gone
-	top, err := syncLogs(dir, names, ".mem")
-	require.NoError(t, err)
-	require.Equal(t, uint64(9), top)
-	top, err = syncLogs(dir, names, ".vlog")
-	require.NoError(t, err)
-	require.Equal(t, uint64(1), top)
+	held := func(l *logFiles) []string {
+		var names []string
+		for n := range l.open {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		return names
+	}
+	touch("00001.mem", "00002.mem", "000001.vlog", "000004.sst", "MANIFEST", "x.mem", "7.vlog.tmp")
+	l := &logFiles{dir: dir}
+	t.Cleanup(l.close)
+
+	require.NoError(t, l.sync()) // first round: every log
+	require.Equal(t, []string{"000001.vlog", "00002.mem"}, held(l), "only the newest log of each kind stays open")
+	require.Equal(t, [2]uint64{2, 1}, l.lastTop)
+
+	touch("00003.mem")                                             // a memtable rotation
+	require.NoError(t, os.Remove(filepath.Join(dir, "00001.mem"))) // flushed
+	require.NoError(t, l.sync())
+	require.Equal(t, []string{"000001.vlog", "00003.mem"}, held(l))
+	require.Equal(t, [2]uint64{3, 1}, l.lastTop)
+
+	require.NoError(t, l.sync()) // nothing new: the same handles
+	require.Equal(t, []string{"000001.vlog", "00003.mem"}, held(l))
 
 	require.NoError(t, os.Chmod(dir, 0o000))
 	t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
 	if os.Geteuid() != 0 { // root opens anything
-		_, err = syncLogs(dir, names, ".mem")
-		require.Error(t, err)
+		l.close()
+		require.Error(t, l.sync())
 	}
 }
 

@@ -81,6 +81,7 @@ type Store struct {
 	cancel context.CancelFunc
 	// durable groups commits into sync rounds; nil when SyncWrites is off.
 	durable *groupSync
+	logs    *logFiles // what a sync round fsyncs; nil when SyncWrites is off
 	wg      sync.WaitGroup
 	once    sync.Once
 }
@@ -115,8 +116,8 @@ func Open(cfg Config) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{db: db, cfg: cfg, log: log, cancel: cancel}
 	if cfg.SyncWrites {
-		files := &logFiles{dir: cfg.Dir}
-		s.durable = newGroupSync(files.sync)
+		s.logs = &logFiles{dir: cfg.Dir}
+		s.durable = newGroupSync(s.logs.sync)
 	}
 	s.wg.Add(1)
 	go s.gcLoop(ctx)
@@ -131,6 +132,9 @@ func (s *Store) Close() error {
 		s.cancel()
 		s.wg.Wait()
 		err = s.db.Close()
+		if s.logs != nil {
+			s.logs.close() // after Badger: no round runs any more
+		}
 	})
 	return err
 }
