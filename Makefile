@@ -28,9 +28,14 @@ unit:
 run:
 	$(GO) run ./cmd/broker
 
-## fuzz: a short run of every fuzz target
+## fuzz: a short run of every fuzz target (FUZZTIME each; go test fuzzes one target of one package at a time)
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./auth:FuzzParseToken ./snapshot:FuzzOpen ./queues:FuzzDecodeMessage ./wire:FuzzDecodeRequest ./wire:FuzzParseSessionTopic
 fuzz:
-	$(GO) test ./auth -run '^$$' -fuzz FuzzParseToken -fuzztime 30s
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
+		$(GO) test "$${t%%:*}" -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME); \
+	done
 
 ## bench: the end-to-end comparisons (written into docs/benchmarks.md), then the Go benchmarks
 bench: bench-e2e bench-go
