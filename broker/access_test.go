@@ -1,9 +1,11 @@
 package broker_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/broker"
 	"github.com/f47fa0da/tether/internal/brokertest"
 )
 
@@ -186,4 +189,100 @@ func metric(t *testing.T, httpAddr, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// mosquittoArgs returns the connection flags of the mosquitto tools for
+// user on b, failing the test when the tools are missing.
+func mosquittoArgs(t *testing.T, b *broker.Broker, user, token string) []string {
+	t.Helper()
+	for _, bin := range []string{"mosquitto_pub", "mosquitto_sub", "mosquitto_rr"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s not installed: run `make deps` (the test command installs it)", bin)
+		}
+	}
+	host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
+	return []string{"-h", host, "-p", port, "-u", user, "-P", token}
+}
+
+// TestResponseTopic: the broker answers an MQTT 5 request on its response
+// topic only when that is a topic of the requester's own where nobody
+// expects the broker's messages; otherwise on sessions/U/S/res. alice must
+// not be able to forge bob's replies, or her own session's ticks.
+func TestResponseTopic(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	aliceToken := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	mine := brokertest.NewMessages(32)
+	alice := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", aliceToken))
+	require.NoError(t, brokertest.Wait(alice.Subscribe("sessions/alice/#", 1, mine.Handler)))
+	foreign := brokertest.NewMessages(32)
+	bob := brokertest.MustConnect(t, brokertest.ClientOptions(url, "bob", brokertest.Token(t, b, "bob", auth.RoleDevice)))
+	require.NoError(t, brokertest.Wait(bob.Subscribe("sessions/bob/#", 1, foreign.Handler)))
+	svc := brokertest.MustConnect(t, brokertest.ClientOptions(url, "app", brokertest.Token(t, b, "app", auth.RoleService)))
+	require.NoError(t, brokertest.Wait(svc.Subscribe("tether/#", 1, foreign.Handler)))
+	base := mosquittoArgs(t, b, "alice", aliceToken)
+
+	t.Run("refused", func(t *testing.T) {
+		for i, rt := range []string{
+			"sessions/bob/kitchen/res",    // another user's reply topic
+			"sessions/bob/kitchen/notify", // another user's notifications
+			"sessions/alice/tv/tick",      // her own other session's broker-owned leaves
+			"sessions/alice/tv/res",
+			"sessions/alice/tv/presence",
+			"sessions/alice/k/notify", // and the requesting session's
+			"tether/notify/bob/kitchen",
+			"$SYS/broker/x",
+		} {
+			id := fmt.Sprintf("bobs-request-%d", i)
+			out, err := exec.Command("mosquitto_pub", append(base, "-V", "5", "-q", "1", "-t", "sessions/alice/k/req",
+				"-D", "publish", "response-topic", rt, "-D", "publish", "correlation-data", "c"+id,
+				"-m", `{"id":"`+id+`","op":"ping","nonce":"x"}`)...).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			msg := mine.Next(t, 2*time.Second)
+			require.Equal(t, "sessions/alice/k/res", msg.Topic(), "response topic %s refused: the reply goes to the session's res", rt)
+			require.JSONEq(t, `"`+id+`"`, string(decodeReply(t, msg.Payload()).ID))
+		}
+		foreign.None(t, 300*time.Millisecond)
+		mine.None(t, 100*time.Millisecond)
+		require.Equal(t, 8.0, metric(t, b.Addrs().HTTP, "tether_response_topic_refused_total"))
+	})
+
+	t.Run("honoured", func(t *testing.T) {
+		for i, rt := range []string{"sessions/alice/k/res", "sessions/alice/k/rr", "sessions/alice/replies/7/x", "sessions/alice/inbox"} {
+			id := fmt.Sprintf("own-%d", i)
+			out, err := exec.Command("mosquitto_rr", append(base, "-t", "sessions/alice/k/req", "-e", rt, "-W", "5",
+				"-D", "publish", "correlation-data", "corr-"+id, "-F", "%t|%D|%p",
+				"-m", `{"id":"`+id+`","op":"begin"}`)...).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			topic, rest, _ := strings.Cut(strings.TrimSpace(string(out)), "|")
+			corr, payload, _ := strings.Cut(rest, "|")
+			require.Equal(t, rt, topic)
+			require.Equal(t, "corr-"+id, corr, "correlation data comes back")
+			res := decodeReply(t, []byte(payload))
+			require.JSONEq(t, `"`+id+`"`, string(res.ID))
+			require.Nil(t, res.Error, "%s", payload)
+
+			// The watcher sees the reply on that topic too, not on res as well
+			// (skipping the begin's presence and tick).
+			for {
+				msg := mine.Next(t, 2*time.Second)
+				if strings.HasSuffix(msg.Topic(), "/presence") || strings.HasSuffix(msg.Topic(), "/tick") {
+					continue
+				}
+				require.Equal(t, rt, msg.Topic())
+				break
+			}
+		}
+		require.Equal(t, 8.0, metric(t, b.Addrs().HTTP, "tether_response_topic_refused_total"), "none refused")
+	})
+}
+
+// decodeReply decodes a reply envelope.
+func decodeReply(t *testing.T, payload []byte) (res struct {
+	ID    json.RawMessage
+	Error *struct{ Code, Message string }
+}) {
+	t.Helper()
+	require.NoError(t, json.Unmarshal(payload, &res), "%s", payload)
+	return res
 }

@@ -109,7 +109,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 		}
 		snaps = &snapshots{sealer: sealer, registry: b.registry, store: b.store}
 	}
-	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv}
+	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv, out: out}
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets
 		&sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions")},

@@ -3,6 +3,7 @@ package broker
 import (
 	"sync/atomic"
 
+	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/persistence"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,9 @@ type metrics struct {
 	authOK     *prometheus.CounterVec
 	authFailed *prometheus.CounterVec
 	aclDenied  *prometheus.CounterVec
+
+	responseTopicRefused prometheus.Counter
+	badRequestTopic      *prometheus.CounterVec
 }
 
 func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
@@ -31,6 +35,30 @@ func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
 		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_acl_denied_total", Help: "Packets refused by the ACL, by action.",
 		}, []string{"action"}),
+		responseTopicRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_response_topic_refused_total",
+			Help: "MQTT 5 requests whose response topic the requester may not be answered on; the reply went to sessions/U/S/res.",
+		}),
+		badRequestTopic: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_request_bad_topic_total",
+			Help: "Requests on sessions/U/<name>/req that name no session: session_name (answered bad_request), wildcard (+ or # in the topic: the connection is closed, no reply).",
+		}, []string{"reason"}),
+	}
+	// Every label value from the start, so a dashboard sees 0, not nothing.
+	for _, r := range authFailureReasons {
+		m.authFailed.WithLabelValues(r)
+	}
+	for _, r := range []string{"expired", "revoked", "unknown"} { // what a live recheck can find
+		m.authFailed.WithLabelValues("live_" + r)
+	}
+	for _, r := range []auth.Role{auth.RoleDevice, auth.RoleService, "anonymous"} {
+		m.authOK.WithLabelValues(string(r))
+	}
+	for _, a := range []string{"publish", "subscribe"} {
+		m.aclDenied.WithLabelValues(a)
+	}
+	for _, r := range []string{"session_name", "wildcard"} {
+		m.badRequestTopic.WithLabelValues(r)
 	}
 	info := srv.Info
 	gauge := func(name, help string, v *int64) prometheus.Collector {
@@ -42,7 +70,7 @@ func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
 			func() float64 { return float64(atomic.LoadInt64(v)) })
 	}
 	m.reg.MustRegister(
-		m.authOK, m.authFailed, m.aclDenied,
+		m.authOK, m.authFailed, m.aclDenied, m.responseTopicRefused, m.badRequestTopic,
 		gauge("tether_connections", "Clients connected now.", &info.ClientsConnected),
 		gauge("tether_mqtt_sessions", "MQTT client sessions held, connected or not.", &info.ClientsTotal),
 		gauge("tether_subscriptions", "MQTT subscriptions held.", &info.Subscriptions),

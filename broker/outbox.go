@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"log/slog"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -45,16 +46,46 @@ func (o *outbox) publish(topic string, v any, qos byte, retain bool, props packe
 	}
 }
 
-// reply answers the request req: on the MQTT 5 response topic with its
-// correlation data when the request named one, else on sessions/U/S/res.
+// reply answers the request req on sessions/U/S/res, where U is the
+// requester (the ACL let only U publish on sessions/U/S/req). An MQTT 5
+// request's correlation data always comes back; its response topic is
+// used only when responseTopicAllowed says so. The access hook already
+// cleared (and counted) a refused one; this check is the last line.
 func (o *outbox) reply(user, name string, req packets.Packet, res wire.Response) {
-	topic := wire.SessionTopic(user, name, wire.LeafRes)
-	var props packets.Properties
-	if rt := req.Properties.ResponseTopic; rt != "" {
-		topic = rt // delivery still passes the ACL: only the requester's own topics work
-		props.CorrelationData = req.Properties.CorrelationData
+	o.replyOn(wire.SessionTopic(user, name, wire.LeafRes), user, name, req, res)
+}
+
+// replyOn is reply with def as the default topic.
+func (o *outbox) replyOn(def, user, name string, req packets.Packet, res wire.Response) {
+	topic := def
+	if rt := req.Properties.ResponseTopic; rt != "" && responseTopicAllowed(user, name, rt) {
+		topic = rt
 	}
-	o.publish(topic, res, 1, false, props)
+	o.publish(topic, res, 1, false, packets.Properties{CorrelationData: req.Properties.CorrelationData})
+}
+
+// responseTopicAllowed reports whether the broker may answer user's request
+// on session name at the MQTT 5 response topic rt. The broker publishes as
+// itself, past every ACL, so the topic must be one the requester could read
+// anyway and one where nobody expects the broker's own messages:
+//   - a topic name under the requester's own sessions/<user>/ root, without
+//     wildcards (so never another user's topic, nor tether/…, nor $…);
+//   - not a broker-owned topic of any session: sessions/<user>/<S>/ with
+//     leaf res, notify, tick, snapshot or presence, except the request's own
+//     sessions/<user>/<name>/res (the default). A reply there would pass
+//     for a tick, a notification or another device's reply.
+func responseTopicAllowed(user, name, rt string) bool {
+	if rt == wire.SessionTopic(user, name, wire.LeafRes) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(rt, wire.SessionsRoot+"/"+user+"/")
+	if !ok || rest == "" || strings.ContainsAny(rt, "+#\x00") {
+		return false
+	}
+	if _, _, leaf, ok := wire.ParseSessionTopic(rt); ok && (wire.BrokerOwnedLeaf(leaf) || leaf == wire.LeafPresence) {
+		return false
+	}
+	return true
 }
 
 func (o *outbox) Tick(user, name string, t sessions.Tick) {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/auth"
@@ -376,13 +379,76 @@ func TestMalformedRequests(t *testing.T) {
 	require.Equal(t, before.Journal, after.Journal, "nothing journaled, nothing changed")
 
 	// Names that are not names never reach the registry.
-	for _, topic := range []string{"sessions/alice/a+b/req", "sessions/alice/x/y/req", "sessions/alice/bad$name/req", "sessions/alice/" + strings.Repeat("n", 65) + "/req"} {
-		raw.Publish(topic, 1, false, `{"id":1,"op":"begin"}`).WaitTimeout(time.Second)
-	}
-	replies.None(t, 300*time.Millisecond)
 	names, err := b.Sessions().Names("alice")
 	require.NoError(t, err)
 	require.Equal(t, []string{"box"}, names)
+}
+
+// TestRequestsOnInvalidNames: a request on sessions/U/<not a name>/req is
+// answered bad_request on the same topic with res for req (or on its MQTT 5
+// response topic), MQTT 5 publishers also get PUBACK 0x90, and nothing is
+// stored. A topic with + or # is not a topic: MQTT forbids it in a PUBLISH
+// and the broker closes the connection, so there is nowhere to reply;
+// both are counted.
+func TestRequestsOnInvalidNames(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	raw := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", token))
+	seen := brokertest.NewMessages(32)
+	require.NoError(t, brokertest.Wait(raw.Subscribe("sessions/alice/#", 1, seen.Handler)))
+	long := strings.Repeat("n", 65)
+
+	for i, name := range []string{"x/y", "bad$name", long, "", "a b"} {
+		t.Run("v3 "+name, func(t *testing.T) {
+			id := fmt.Sprint(i)
+			require.NoError(t, brokertest.Wait(raw.Publish("sessions/alice/"+name+"/req", 1, false, `{"id":`+id+`,"op":"begin"}`)))
+			msg := seen.Next(t, 2*time.Second)
+			require.Equal(t, "sessions/alice/"+name+"/res", msg.Topic())
+			var res struct {
+				ID    json.RawMessage
+				Error struct{ Code, Message string }
+			}
+			require.NoError(t, json.Unmarshal(msg.Payload(), &res), "%s", msg.Payload())
+			require.Equal(t, "bad_request", res.Error.Code)
+			require.Contains(t, res.Error.Message, "not a name")
+			require.JSONEq(t, id, string(res.ID))
+		})
+	}
+	require.True(t, raw.IsConnectionOpen())
+
+	host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
+	base := []string{"-h", host, "-p", port, "-u", "alice", "-P", token}
+	t.Run("v5 puback", func(t *testing.T) {
+		out, _ := exec.Command("mosquitto_pub", append(base, "-V", "5", "-q", "1", "-t", "sessions/alice/x/y/req", "-m", `{"id":"v5","op":"begin"}`)...).CombinedOutput()
+		require.Contains(t, strings.ToLower(string(out)), "topic name invalid")
+		require.Equal(t, "sessions/alice/x/y/res", seen.Next(t, 2*time.Second).Topic())
+	})
+	t.Run("v5 response topic", func(t *testing.T) {
+		out, err := exec.Command("mosquitto_rr", append(base, "-t", "sessions/alice/bad$name/req", "-e", "sessions/alice/rr", "-W", "5",
+			"-m", `{"id":"rr","op":"begin"}`)...).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Contains(t, string(out), `"id":"rr","error":{"code":"bad_request"`)
+		require.Equal(t, "sessions/alice/rr", seen.Next(t, 2*time.Second).Topic())
+	})
+	require.Equal(t, 7.0, metric(t, b.Addrs().HTTP, `tether_request_bad_topic_total{reason="session_name"}`))
+
+	t.Run("wildcard", func(t *testing.T) {
+		lost := make(chan error, 1)
+		c := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", token).
+			SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }))
+		c.Publish("sessions/alice/+/req", 1, false, `{"id":1,"op":"begin"}`)
+		select {
+		case <-lost:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a PUBLISH with a wildcard topic did not close the connection")
+		}
+		seen.None(t, 300*time.Millisecond)
+		require.Equal(t, 1.0, metric(t, b.Addrs().HTTP, `tether_request_bad_topic_total{reason="wildcard"}`))
+	})
+	names, err := b.Sessions().Names("alice")
+	require.NoError(t, err)
+	require.Empty(t, names, "no session was created")
 }
 
 func TestOtherUsersSessionIsNotReachable(t *testing.T) {
