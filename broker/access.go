@@ -210,15 +210,24 @@ func (h *access) refuseBadName(cl *mqtt.Client, p auth.Principal, name string, p
 func (h *access) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.principals.Delete(cl) }
 
 // deny returns the OnPublish error that refuses pk without forwarding or
-// retaining it: MQTT 5 QoS>0 publishers get code in their PUBACK; MQTT 3
-// QoS>0 publishers get a plain PUBACK (3.1.1 has no way to say no short of
-// disconnecting); QoS 0 publishes are simply dropped.
+// retaining it: MQTT 5 QoS>0 publishers get code in their PUBACK (PUBREC
+// at QoS 2); MQTT 3 QoS>0 publishers get a plain PUBACK (3.1.1 has no way
+// to say no short of disconnecting); QoS 0 publishes are simply dropped.
 func deny(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
 	switch {
 	case pk.FixedHeader.Qos == 0:
 		return packets.ErrRejectPacket
 	case cl.Properties.ProtocolVersion == 5:
-		return code
+		// Sent here rather than by returning code: mochi would send the
+		// same ack but log every one at ERROR with the whole packet, so any
+		// client could flood the log.
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID, ReasonCode: code.Code}
+		if pk.FixedHeader.Qos == 2 {
+			ack.FixedHeader.Type = packets.Pubrec
+		}
+		ack.Properties.ReasonString = code.Reason
+		_ = cl.WritePacket(ack) // fails only when the connection is gone
+		return packets.ErrRejectPacket
 	default:
 		return packets.CodeSuccessIgnore
 	}

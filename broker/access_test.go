@@ -30,6 +30,17 @@ func TestConnectAuthentication(t *testing.T) {
 	require.NoError(t, err)
 	time.Sleep(400 * time.Millisecond) // let carol's token expire
 
+	// Every reason is exported from the start, at 0: a dashboard sees a
+	// series, not a gap, before the first failure.
+	body := metrics(t, b.Addrs().HTTP)
+	for _, r := range []string{"malformed", "unknown", "mismatch", "expired", "revoked", "error", "live_expired", "live_revoked", "live_unknown"} {
+		require.Contains(t, body, `tether_auth_failures_total{reason="`+r+`"} 0`+"\n")
+	}
+	for _, r := range []string{"device", "service", "anonymous"} {
+		require.Contains(t, body, `tether_auth_success_total{role="`+r+`"} 0`+"\n")
+	}
+	require.Contains(t, body, "tether_connections 0\n")
+
 	tests := []struct {
 		name, user, password string
 		ok                   bool
@@ -47,14 +58,24 @@ func TestConnectAuthentication(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := metric(t, b.Addrs().HTTP, fmt.Sprintf(`tether_auth_failures_total{reason="%s"}`, tc.reason))
-			_, err := brokertest.Connect(t, brokertest.ClientOptions(url, tc.user, tc.password))
+			okBefore := metric(t, b.Addrs().HTTP, `tether_auth_success_total{role="device"}`)
+			connsBefore := metric(t, b.Addrs().HTTP, "tether_connections")
+			c, err := brokertest.Connect(t, brokertest.ClientOptions(url, tc.user, tc.password))
 			if tc.ok {
 				require.NoError(t, err)
+				require.Equal(t, okBefore+1, metric(t, b.Addrs().HTTP, `tether_auth_success_total{role="device"}`))
+				require.Equal(t, connsBefore+1, metric(t, b.Addrs().HTTP, "tether_connections"))
+				c.Disconnect(100)
+				brokertest.WaitFor(t, 2*time.Second, "tether_connections back down", func() bool {
+					return metric(t, b.Addrs().HTTP, "tether_connections") == connsBefore
+				})
 				return
 			}
 			require.Error(t, err)
 			require.Contains(t, err.Error(), "not Authorized")
 			require.Equal(t, before+1, metric(t, b.Addrs().HTTP, fmt.Sprintf(`tether_auth_failures_total{reason="%s"}`, tc.reason)))
+			require.Equal(t, okBefore, metric(t, b.Addrs().HTTP, `tether_auth_success_total{role="device"}`))
+			require.Equal(t, connsBefore, metric(t, b.Addrs().HTTP, "tether_connections"), "a refused client is not connected")
 		})
 	}
 }
@@ -172,15 +193,21 @@ func TestAnonymous(t *testing.T) {
 	require.Error(t, err)
 }
 
-// metric reads one sample from the broker's /metrics (0 if absent).
-func metric(t *testing.T, httpAddr, series string) float64 {
+// metrics returns the broker's /metrics page.
+func metrics(t *testing.T, httpAddr string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	for _, line := range strings.Split(string(body), "\n") {
+	return string(body)
+}
+
+// metric reads one sample from the broker's /metrics (0 if absent).
+func metric(t *testing.T, httpAddr, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(metrics(t, httpAddr), "\n") {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
 			var v float64
 			_, err := fmt.Sscan(rest, &v)

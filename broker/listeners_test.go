@@ -3,9 +3,11 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,7 +73,10 @@ func TestMosquittoClients(t *testing.T) {
 			t.Fatalf("%s not installed: run `make deps` (the test command installs it)", bin)
 		}
 	}
-	b := brokertest.Start(t, brokertest.Config(t))
+	cfg := brokertest.Config(t)
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	b := brokertest.Start(t, cfg)
 	host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
 	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -108,8 +113,11 @@ func TestMosquittoClients(t *testing.T) {
 		require.Contains(t, string(out), "denied", "err=%v", err)
 	})
 	t.Run("v5 publish refused with reason", func(t *testing.T) {
-		out, _ := exec.CommandContext(ctx, "mosquitto_pub", append(base, "-V", "5", "-q", "1", "-t", "sessions/bob/x/req", "-m", "x")...).CombinedOutput()
-		require.Contains(t, strings.ToLower(string(out)), "not authorized")
+		for _, qos := range []string{"1", "2"} {
+			out, _ := exec.CommandContext(ctx, "mosquitto_pub", append(base, "-V", "5", "-q", qos, "-t", "sessions/bob/x/req", "-m", "x")...).CombinedOutput()
+			require.Contains(t, strings.ToLower(string(out)), "not authorized", "QoS %s", qos)
+		}
+		require.NotContains(t, logs.String(), "level=ERROR", "a refused publish is not the broker's error")
 	})
 	t.Run("bad token refused", func(t *testing.T) {
 		// The CONNACK code on the wire, as docs/protocol.md states it: 3.1.1
@@ -123,7 +131,10 @@ func TestMosquittoClients(t *testing.T) {
 }
 
 func TestHealthAndShutdown(t *testing.T) {
-	b := brokertest.Start(t, brokertest.Config(t))
+	cfg := brokertest.Config(t)
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	b := brokertest.Start(t, cfg)
 	httpAddr := b.Addrs().HTTP
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		resp, err := http.Get("http://" + httpAddr + path)
@@ -131,10 +142,32 @@ func TestHealthAndShutdown(t *testing.T) {
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode, path)
 	}
-	c := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice)))
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	c := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token))
+	ws := brokertest.MustConnect(t, brokertest.ClientOptions("ws://"+b.Addrs().WS+"/mqtt", "alice", token))
 	require.NoError(t, b.Close())
-	brokertest.WaitFor(t, 5*time.Second, "client disconnected", func() bool { return !c.IsConnectionOpen() })
+	brokertest.WaitFor(t, 5*time.Second, "clients disconnected", func() bool { return !c.IsConnectionOpen() && !ws.IsConnectionOpen() })
+	require.Contains(t, logs.String(), `msg="tether stopped"`)
+	require.NotContains(t, logs.String(), "level=ERROR", "a clean shutdown logs no error")
 	require.NoError(t, b.Close(), "a second Close is harmless")
 	_, err := http.Get("http://" + httpAddr + "/healthz")
 	require.Error(t, err, "the HTTP listener is closed")
+}
+
+// syncBuffer is a bytes.Buffer for a logger that several goroutines use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -85,7 +85,9 @@ func (l *wsListener) Init(log *slog.Logger) error { return nil }
 
 func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	l.establish = establish
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	// The broker closes the listener itself at shutdown: net.ErrClosed is
+	// as clean an end as http.ErrServerClosed.
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		l.log.Error("websocket listener stopped", "error", err)
 	}
 }
