@@ -121,6 +121,20 @@ func TestTakeover(t *testing.T) {
 	s, err := b.Sessions().Get("alice", "tv")
 	require.NoError(t, err)
 	require.JSONEq(t, "null", string(orNull(s.Memento)), "the stale remember changed nothing")
+
+	// The journal tells the takeover: a second instance on another
+	// connection while the session stayed online (so no second presence
+	// event), reporting the first as crashed since it never ended; the
+	// stale requests left no trace.
+	events, err := b.Sessions().Log("alice", "tv", 0, 0)
+	require.NoError(t, err)
+	require.Equal(t, []string{"begin", "presence:begin", "begin"}, journal(t, b, "alice", "tv"))
+	require.Equal(t, false, events[0].Detail["crashed"])
+	require.Equal(t, true, events[2].Detail["crashed"], "the taken-over instance never ended")
+	require.Equal(t, json.Number("2"), events[2].Detail["instance"])
+	require.Equal(t, "takeover", events[2].Detail["policy"])
+	require.NotEqual(t, events[0].Detail["conn"], events[2].Detail["conn"], "each begin names its connection")
+	require.NotEqual(t, events[0].Detail["nonce"], events[2].Detail["nonce"])
 }
 
 func orNull(m json.RawMessage) json.RawMessage {
@@ -174,16 +188,40 @@ func TestExclusiveUntilSocketCut(t *testing.T) {
 func TestFrozenSocketDetectedByKeepalive(t *testing.T) {
 	b := brokertest.Start(t, exclusiveConfig(t))
 	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	watcher := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token))
+	presence := brokertest.NewMessages(8)
+	require.NoError(t, brokertest.Wait(watcher.Subscribe("sessions/alice/quiz/presence", 1, presence.Handler)))
 	proxy := brokertest.NewProxy(t, b.Addrs().MQTT)
 	d := device(t, "tcp://"+proxy.Addr(), "alice", token, "quiz")
 	_, err := d.Begin(ctx(t))
 	require.NoError(t, err)
+	var p struct {
+		State string `json:"state"`
+		Since int64  `json:"since"`
+	}
+	require.NoError(t, json.Unmarshal(presence.Next(t, 2*time.Second).Payload(), &p))
+	require.Equal(t, "online", p.State)
+
 	proxy.Freeze()
 	frozen := time.Now()
-	brokertest.WaitFor(t, 5*time.Second, "detached", func() bool {
-		return state(t, b, "alice", "quiz") == sessions.StateDetached
-	})
+	// What subscribers see, not only the stored state: the retained presence
+	// turns offline within keepalive 2s × 1.5 (+ slack).
+	msg := presence.Next(t, 5*time.Second)
 	require.Less(t, time.Since(frozen), 2*time.Second*3/2+500*time.Millisecond, "keepalive 2s × 1.5 (+ slack)")
+	require.NoError(t, json.Unmarshal(msg.Payload(), &p))
+	require.Equal(t, "offline", p.State)
+	require.InDelta(t, time.Now().UnixMilli(), p.Since, 1000)
+	require.Equal(t, sessions.StateDetached, state(t, b, "alice", "quiz"))
+	k := journal(t, b, "alice", "quiz")
+	require.Equal(t, "presence:will", k[len(k)-1], "the keepalive timeout fires the will")
+
+	// A new subscriber gets the offline presence retained.
+	late := brokertest.NewMessages(2)
+	lateSub := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token))
+	require.NoError(t, brokertest.Wait(lateSub.Subscribe("sessions/alice/quiz/presence", 1, late.Handler)))
+	msg = late.Next(t, 2*time.Second)
+	require.True(t, msg.Retained())
+	require.Contains(t, string(msg.Payload()), `"state":"offline"`)
 }
 
 func TestStaleWillIgnored(t *testing.T) {
@@ -324,6 +362,99 @@ func TestRestartKeepsSessionsAndLoadsLazily(t *testing.T) {
 	require.True(t, again.Crashed)
 	require.JSONEq(t, "[1,2,3]", string(again.Memento))
 	require.Equal(t, "test_started", again.Phase)
+
+	// The journal survived the restart and goes on where it stopped: seqs
+	// continue, and the begin after the restart reports the crash. The
+	// device's connection ended with the first broker, which sent its will.
+	events, err := b.Sessions().Log("alice", "shop", 0, 0)
+	require.NoError(t, err)
+	require.Equal(t, []string{"begin", "presence:begin", "remember", "presence:will", "begin", "presence:begin"}, journal(t, b, "alice", "shop"))
+	for i, e := range events {
+		require.Equal(t, uint64(i+1), e.Seq)
+	}
+	require.Equal(t, first.Nonce[:8], events[0].Detail["nonce"])
+	require.Equal(t, "test_started", events[2].Detail["phase"])
+	require.Equal(t, true, events[4].Detail["crashed"])
+	require.Equal(t, again.Nonce[:8], events[4].Detail["nonce"])
+}
+
+// TestPingCursorJournaled: a ping's cursor (what the user is looking at) is
+// journaled as it was sent; a ping without one journals nothing.
+func TestPingCursorJournaled(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "quiz")
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = d.Ping(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, []string{"begin", "presence:begin"}, journal(t, b, "alice", "quiz"), "no cursor, no event")
+
+	for _, q := range []int{7, 8} {
+		require.NoError(t, d.SetCursor(map[string]any{"question": q, "big": uint64(1) << 60}))
+		_, err = d.Ping(ctx(t))
+		require.NoError(t, err)
+	}
+	events, err := b.Sessions().Log("alice", "quiz", 2, 0)
+	require.NoError(t, err)
+	require.Len(t, events, 2)
+	for i, e := range events {
+		require.Equal(t, "ping", e.Kind)
+		cursor, err := json.Marshal(e.Detail["cursor"])
+		require.NoError(t, err)
+		require.JSONEq(t, fmt.Sprintf(`{"question":%d,"big":1152921504606846976}`, 7+i), string(cursor), "every digit kept")
+	}
+	require.Contains(t, events[1].String(), `ping cursor={"big":1152921504606846976,"question":8}`)
+}
+
+// TestJournalRetention: the journal keeps at most MaxEvents, the newest,
+// and drops events older than MaxAge as new ones arrive; seqs go on.
+func TestJournalRetention(t *testing.T) {
+	t.Run("count", func(t *testing.T) {
+		cfg := brokertest.Config(t)
+		cfg.Sessions.Retention.MaxEvents = 5
+		b := brokertest.Start(t, cfg)
+		d := device(t, "tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "box")
+		_, err := d.Begin(ctx(t))
+		require.NoError(t, err)
+		for i := 1; i <= 10; i++ {
+			require.NoError(t, d.SetCursor(i))
+			_, err := d.Ping(ctx(t))
+			require.NoError(t, err)
+		}
+		events, err := b.Sessions().Log("alice", "box", 0, 0)
+		require.NoError(t, err)
+		require.Len(t, events, 5)
+		for i, e := range events {
+			require.Equal(t, uint64(8+i), e.Seq, "the newest five of twelve")
+			require.Equal(t, json.Number(fmt.Sprint(6+i)), e.Detail["cursor"])
+		}
+		s, err := b.Sessions().Get("alice", "box")
+		require.NoError(t, err)
+		require.Equal(t, sessions.JournalRange{First: 8, Next: 13}, s.Journal)
+	})
+	t.Run("age", func(t *testing.T) {
+		cfg := brokertest.Config(t)
+		cfg.Sessions.Retention.MaxAge = 700 * time.Millisecond
+		b := brokertest.Start(t, cfg)
+		d := device(t, "tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "box")
+		_, err := d.Begin(ctx(t))
+		require.NoError(t, err)
+		require.NoError(t, d.SetCursor("old"))
+		_, err = d.Ping(ctx(t))
+		require.NoError(t, err)
+		require.Equal(t, []string{"begin", "presence:begin", "ping"}, journal(t, b, "alice", "box"), "young events stay")
+
+		time.Sleep(900 * time.Millisecond)
+		require.NoError(t, d.SetCursor("new"))
+		_, err = d.Ping(ctx(t))
+		require.NoError(t, err)
+		events, err := b.Sessions().Log("alice", "box", 0, 0)
+		require.NoError(t, err)
+		require.Len(t, events, 1, "the events older than 700ms went with the next append")
+		require.Equal(t, uint64(4), events[0].Seq)
+		require.Equal(t, "new", events[0].Detail["cursor"])
+	})
 }
 
 func TestMalformedRequests(t *testing.T) {

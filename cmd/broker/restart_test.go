@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -355,4 +356,42 @@ func sessionDevice(t *testing.T, url, token, session string) *client.Client {
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	return c
+}
+
+// TestServeSecondSignalForcesExit: while a graceful shutdown is held up
+// (here by an HTTP client stuck in the middle of its request headers, which
+// http.Server.Shutdown waits for until the read-header timeout, 10s), a
+// second SIGINT or SIGTERM ends the process at once, by the signal.
+func TestServeSecondSignalForcesExit(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p := startBroker(t, t.TempDir())
+			stuck, err := net.Dial("tcp", p.http)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = stuck.Close() })
+			_, err = stuck.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")) // no blank line: the request never ends
+			require.NoError(t, err)
+			time.Sleep(200 * time.Millisecond) // the server has read it: the connection is active
+
+			require.NoError(t, p.cmd.Process.Signal(sig))
+			brokertest.WaitFor(t, 5*time.Second, "the first signal to start the shutdown", func() bool {
+				return strings.Contains(p.log.String(), "signal received: shutting down")
+			})
+			select {
+			case <-p.done:
+				t.Fatalf("the shutdown was not held up, so this test proves nothing:\n%s", p.log)
+			case <-time.After(time.Second):
+			}
+
+			require.NoError(t, p.cmd.Process.Signal(sig))
+			second := time.Now()
+			state := p.wait(t, 3*time.Second)
+			t.Logf("exited %s after the second signal", time.Since(second).Round(time.Millisecond))
+			ws, ok := state.Sys().(syscall.WaitStatus)
+			require.True(t, ok)
+			require.True(t, ws.Signaled(), "killed by the second signal, not a graceful exit: %s", state)
+			require.Equal(t, sig, ws.Signal())
+			require.NotContains(t, p.log.String(), `"msg":"tether stopped"`)
+		})
+	}
 }
