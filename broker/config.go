@@ -99,79 +99,107 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first setting that cannot work, naming it.
+// ConfigError is a Config setting that cannot work. Field is its Go name
+// in Config (MQTTAddr, Sessions.TickInterval, QueueRules[1].Limits); Msg
+// may name other fields the same way. A program that reads settings under
+// names of its own (cmd/broker's flags) can so name the one the user typed.
+type ConfigError struct {
+	Field string
+	Msg   string // e.g. "must be at least 1024 bytes, got 100"
+}
+
+func (e *ConfigError) Error() string { return e.Field + ": " + e.Msg }
+
+func configErrorf(field, format string, a ...any) error {
+	return &ConfigError{Field: field, Msg: fmt.Sprintf(format, a...)}
+}
+
+// Validate reports the first setting that cannot work, as a *ConfigError.
 func (c Config) Validate() error {
 	if c.DataDir == "" {
-		return errors.New("data-dir: must not be empty")
+		return configErrorf("DataDir", "must not be empty")
 	}
-	for _, a := range []struct{ name, addr string }{{"mqtt-addr", c.MQTTAddr}, {"ws-addr", c.WSAddr}, {"http-addr", c.HTTPAddr}} {
-		if a.addr == "" && a.name == "mqtt-addr" {
-			return errors.New("mqtt-addr: must not be empty")
-		}
+	if c.MQTTAddr == "" {
+		return configErrorf("MQTTAddr", "must not be empty")
+	}
+	for _, a := range []struct{ field, addr string }{{"MQTTAddr", c.MQTTAddr}, {"WSAddr", c.WSAddr}, {"HTTPAddr", c.HTTPAddr}} {
 		if a.addr != "" {
 			if _, _, err := net.SplitHostPort(a.addr); err != nil {
-				return fmt.Errorf("%s: %q is not host:port: %v", a.name, a.addr, err)
+				return configErrorf(a.field, "%q is not host:port: %v", a.addr, err)
 			}
 		}
 	}
 	host, _, err := net.SplitHostPort(c.AdminAddr)
 	if err != nil {
-		return fmt.Errorf("admin-addr: %q is not host:port: %v", c.AdminAddr, err)
+		return configErrorf("AdminAddr", "%q is not host:port: %v", c.AdminAddr, err)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("admin-addr: %q must be a loopback address", c.AdminAddr)
+		return configErrorf("AdminAddr", "%q must be a loopback address", c.AdminAddr)
 	}
 	for _, o := range c.WSOrigins {
 		if o == "*" {
 			continue
 		}
 		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" {
-			return fmt.Errorf("ws-origins: %q is not an origin like https://host[:port]", o)
+			return configErrorf("WSOrigins", "%q is not an origin like https://host[:port]", o)
 		}
-	}
-	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
-		return errors.New("tls-cert and tls-key: set both or neither")
 	}
 	switch {
+	case c.TLSCertFile != "" && c.TLSKeyFile == "":
+		return configErrorf("TLSKeyFile", "must be set with TLSCertFile")
+	case c.TLSCertFile == "" && c.TLSKeyFile != "":
+		return configErrorf("TLSCertFile", "must be set with TLSKeyFile")
 	case c.MaxClients < 1:
-		return fmt.Errorf("max-clients: must be at least 1, got %d", c.MaxClients)
+		return configErrorf("MaxClients", "must be at least 1, got %d", c.MaxClients)
 	case c.MaxPacketSize < 1024:
-		return fmt.Errorf("max-packet-size: must be at least 1024 bytes, got %d", c.MaxPacketSize)
+		return configErrorf("MaxPacketSize", "must be at least 1024 bytes, got %d", c.MaxPacketSize)
 	case c.MaxWritesPending < 16:
-		return fmt.Errorf("max-writes-pending: must be at least 16, got %d", c.MaxWritesPending)
-	case c.ReadBufferSize < 256 || c.WriteBufferSize < 256:
-		return fmt.Errorf("read-buffer and write-buffer: must be at least 256 bytes, got %d and %d", c.ReadBufferSize, c.WriteBufferSize)
+		return configErrorf("MaxWritesPending", "must be at least 16, got %d", c.MaxWritesPending)
+	case c.ReadBufferSize < 256:
+		return configErrorf("ReadBufferSize", "must be at least 256 bytes, got %d", c.ReadBufferSize)
+	case c.WriteBufferSize < 256:
+		return configErrorf("WriteBufferSize", "must be at least 256 bytes, got %d", c.WriteBufferSize)
 	case c.SessionExpiry < time.Second:
-		return fmt.Errorf("session-expiry: must be at least 1s, got %s", c.SessionExpiry)
+		return configErrorf("SessionExpiry", "must be at least 1s, got %s", c.SessionExpiry)
 	case c.ShutdownTimeout <= 0:
-		return fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout)
+		return configErrorf("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
 	case c.GCInterval <= 0:
-		return fmt.Errorf("gc-interval: must be positive, got %s", c.GCInterval)
+		return configErrorf("GCInterval", "must be positive, got %s", c.GCInterval)
 	}
 	if err := c.QueueLimits.Validate(); err != nil {
-		return fmt.Errorf("queue limits: %w", err)
+		return configErrorf("QueueLimits", "%v", err)
 	}
-	for _, r := range c.QueueRules {
+	for i, r := range c.QueueRules {
 		if _, err := path.Match(r.Pattern, ""); err != nil {
-			return fmt.Errorf("queue-rules: pattern %q: %v", r.Pattern, err)
+			return configErrorf(fmt.Sprintf("QueueRules[%d].Pattern", i), "%q: %v", r.Pattern, err)
 		}
 		if err := r.Limits.Validate(); err != nil {
-			return fmt.Errorf("queue-rules: %q: %w", r.Pattern, err)
+			return configErrorf(fmt.Sprintf("QueueRules[%d].Limits", i), "%q: %v", r.Pattern, err)
 		}
 	}
 	if c.DeliveryWindow < 1 || c.DeliveryWindow > queues.MaxBatch {
-		return fmt.Errorf("delivery-window: must be 1..%d, got %d", queues.MaxBatch, c.DeliveryWindow)
+		return configErrorf("DeliveryWindow", "must be 1..%d, got %d", queues.MaxBatch, c.DeliveryWindow)
+	}
+	if c.SnapshotTTL <= 0 { // refused even without keys: a setting that is set must make sense
+		return configErrorf("SnapshotTTL", "must be positive, got %s", c.SnapshotTTL)
 	}
 	if len(c.SnapshotKeys) > 0 {
 		if _, err := snapshot.NewSealer(c.SnapshotKeys, c.SnapshotTTL); err != nil {
-			return fmt.Errorf("snapshot-keys: %w", err)
+			return configErrorf("SnapshotKeys", "%v", err)
 		}
 	}
 	if c.RepliesKept < 1 {
-		return errors.New("replies-kept: must be at least 1")
+		return configErrorf("RepliesKept", "must be at least 1, got %d", c.RepliesKept)
 	}
 	if c.CallTimeout <= 0 {
-		return fmt.Errorf("call-timeout: must be positive, got %s", c.CallTimeout)
+		return configErrorf("CallTimeout", "must be positive, got %s", c.CallTimeout)
 	}
-	return c.Sessions.Validate()
+	if err := c.Sessions.Validate(); err != nil {
+		var se *sessions.ConfigError
+		if errors.As(err, &se) {
+			return configErrorf("Sessions."+se.Field, "%s", se.Msg)
+		}
+		return err
+	}
+	return nil
 }

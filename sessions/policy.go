@@ -1,7 +1,6 @@
 package sessions
 
 import (
-	"fmt"
 	"path"
 	"time"
 )
@@ -29,16 +28,16 @@ type Policy struct {
 // DefaultPolicy is takeover, no window, 60 s liveness.
 func DefaultPolicy() Policy { return Policy{Mode: Takeover, Liveness: 60 * time.Second} }
 
-// Validate checks the policy's fields.
+// Validate checks the policy's fields; the error is a *ConfigError.
 func (p Policy) Validate() error {
 	if p.Mode != Takeover && p.Mode != Exclusive {
-		return fmt.Errorf("sessions: policy mode %q: want takeover or exclusive", p.Mode)
+		return configErrorf("Mode", "must be takeover or exclusive, got %q", p.Mode)
 	}
 	if p.Window < 0 {
-		return fmt.Errorf("sessions: policy window %s is negative", p.Window)
+		return configErrorf("Window", "must not be negative (0: no window), got %s", p.Window)
 	}
 	if p.Liveness < time.Second {
-		return fmt.Errorf("sessions: policy liveness %s: want at least 1s", p.Liveness)
+		return configErrorf("Liveness", "must be at least 1s, got %s", p.Liveness)
 	}
 	return nil
 }
@@ -50,12 +49,12 @@ type Rule struct {
 	Policy  Policy `json:"policy" yaml:"policy"`
 }
 
-// Validate checks the pattern and the policy.
+// Validate checks the pattern and the policy; the error is a *ConfigError.
 func (r Rule) Validate() error {
 	if _, err := path.Match(r.Pattern, ""); err != nil {
-		return fmt.Errorf("sessions: rule pattern %q: %w", r.Pattern, err)
+		return configErrorf("Pattern", "%q: %v", r.Pattern, err)
 	}
-	return r.Policy.Validate()
+	return within("Policy", r.Policy.Validate())
 }
 
 // policyFor returns the policy of session name: its own override, else the

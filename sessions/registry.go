@@ -65,26 +65,65 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first unusable setting.
+// ConfigError is a setting that cannot work. Field names it as in Go,
+// relative to the value validated (TickInterval, Retention.MaxAge,
+// DefaultPolicy.Liveness, Rules[2].Pattern), so that a program that reads
+// settings under names of its own (flags, a file) can name the one the
+// user got wrong.
+type ConfigError struct {
+	Field string
+	Msg   string // what is wrong, e.g. "must be at least 10ms, got 5ms"
+}
+
+func (e *ConfigError) Error() string { return "sessions: " + e.Field + ": " + e.Msg }
+
+// configErrorf returns a *ConfigError for field.
+func configErrorf(field, format string, a ...any) error {
+	return &ConfigError{Field: field, Msg: fmt.Sprintf(format, a...)}
+}
+
+// within prefixes the field of a *ConfigError with parent ("Rules[2]").
+func within(parent string, err error) error {
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		return &ConfigError{Field: parent + "." + ce.Field, Msg: ce.Msg}
+	}
+	return err
+}
+
+// Validate reports the first unusable setting as a *ConfigError.
 func (c Config) Validate() error {
-	switch {
-	case c.TickInterval < 10*time.Millisecond:
-		return fmt.Errorf("sessions: tick interval %s: want at least 10ms", c.TickInterval)
-	case c.SweepInterval < 10*time.Millisecond:
-		return fmt.Errorf("sessions: sweep interval %s: want at least 10ms", c.SweepInterval)
-	case c.IdleEvict <= 0:
-		return fmt.Errorf("sessions: idle evict %s: want positive", c.IdleEvict)
-	case c.Retention.MaxEvents < 1:
-		return fmt.Errorf("sessions: journal max events %d: want at least 1", c.Retention.MaxEvents)
-	case c.MaxMemento < 1 || c.MaxCursor < 1 || c.MaxPhase < 1 || c.MaxSessionsPerUser < 1:
-		return errors.New("sessions: size limits must be positive")
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"TickInterval", c.TickInterval}, {"SweepInterval", c.SweepInterval}} {
+		if d.v < 10*time.Millisecond {
+			return configErrorf(d.field, "must be at least 10ms, got %s", d.v)
+		}
+	}
+	if c.IdleEvict <= 0 {
+		return configErrorf("IdleEvict", "must be positive, got %s", c.IdleEvict)
+	}
+	if c.Retention.MaxEvents < 1 {
+		return configErrorf("Retention.MaxEvents", "must be at least 1, got %d", c.Retention.MaxEvents)
+	}
+	if c.Retention.MaxAge < 0 {
+		return configErrorf("Retention.MaxAge", "must not be negative (0 keeps events of any age), got %s", c.Retention.MaxAge)
+	}
+	for _, l := range []struct {
+		field string
+		v     int
+	}{{"MaxMemento", c.MaxMemento}, {"MaxCursor", c.MaxCursor}, {"MaxPhase", c.MaxPhase}, {"MaxSessionsPerUser", c.MaxSessionsPerUser}} {
+		if l.v < 1 {
+			return configErrorf(l.field, "must be at least 1, got %d", l.v)
+		}
 	}
 	if err := c.DefaultPolicy.Validate(); err != nil {
-		return err
+		return within("DefaultPolicy", err)
 	}
-	for _, r := range c.Rules {
+	for i, r := range c.Rules {
 		if err := r.Validate(); err != nil {
-			return err
+			return within(fmt.Sprintf("Rules[%d]", i), err)
 		}
 	}
 	return nil

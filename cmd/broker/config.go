@@ -124,7 +124,83 @@ func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (strin
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return nil, fmt.Errorf("log-format: %q is not text or json", c.logFormat)
 	}
-	return c, c.broker.Validate()
+	return c, flagError(c.broker.Validate())
+}
+
+// flagOf maps broker.Config fields (as broker.ConfigError names them) to
+// the flags that set them. Settings without a flag keep their Go name.
+var flagOf = map[string]string{
+	"DataDir": "data-dir", "MQTTAddr": "mqtt-addr", "WSAddr": "ws-addr", "HTTPAddr": "http-addr",
+	"AdminAddr": "admin-addr", "WSOrigins": "ws-origins", "TLSCertFile": "tls-cert", "TLSKeyFile": "tls-key",
+	"MaxClients": "max-clients", "MaxPacketSize": "max-packet-size", "MaxWritesPending": "max-writes-pending",
+	"ReadBufferSize": "read-buffer", "WriteBufferSize": "write-buffer", "SessionExpiry": "session-expiry",
+	"ShutdownTimeout": "shutdown-timeout", "GCInterval": "gc-interval",
+	"Sessions.TickInterval": "tick-interval", "Sessions.SweepInterval": "sweep-interval",
+	"Sessions.DefaultPolicy.Liveness": "liveness", "Sessions.Rules": "policies",
+	"Sessions.Retention.MaxEvents": "journal-max-events", "Sessions.Retention.MaxAge": "journal-max-age",
+	"SnapshotKeys": "snapshot-keys", "SnapshotTTL": "snapshot-ttl",
+}
+
+// flagName is the flag of a broker.Config field: its own, or that of the
+// nearest enclosing field (Sessions.Rules[0].Policy.Window -> policies).
+func flagName(field string) (string, bool) {
+	for f := field; f != ""; {
+		if name, ok := flagOf[f]; ok {
+			return name, true
+		}
+		i := strings.LastIndexAny(f, ".[")
+		if i < 0 {
+			break
+		}
+		f = f[:i]
+	}
+	return "", false
+}
+
+// flagError rewrites a *broker.ConfigError to name the flag the user typed
+// (here too when the message names another field); other errors pass.
+func flagError(err error) error {
+	var ce *broker.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	name, ok := flagName(ce.Field)
+	switch {
+	case !ok:
+		name = ce.Field // not settable by flag: only a program can get it wrong
+	case flagOf[ce.Field] != name:
+		name += " (" + ce.Field + ")" // a part of the flag's value: which one
+	}
+	msg := ce.Msg
+	for field, flagName := range flagOf {
+		msg = replaceWord(msg, field, flagName)
+	}
+	return fmt.Errorf("%s: %s", name, msg)
+}
+
+// replaceWord replaces old in s where it stands as a whole word.
+func replaceWord(s, old, repl string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, old)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		end := i + len(old)
+		whole := (i == 0 || !isWordByte(s[i-1])) && (end == len(s) || !isWordByte(s[end]))
+		b.WriteString(s[:i])
+		if whole {
+			b.WriteString(repl)
+		} else {
+			b.WriteString(old)
+		}
+		s = s[end:]
+	}
+}
+
+func isWordByte(c byte) bool {
+	return c == '_' || c == '.' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
 // brokerConfig is the broker.Config that serve opens: the settings, and
@@ -299,6 +375,10 @@ func (v rulesValue) Set(s string) error {
 			check.Policy.Liveness = time.Second
 		}
 		if err := check.Validate(); err != nil {
+			var ce *sessions.ConfigError
+			if errors.As(err, &ce) { // Pattern, Policy.Mode… -> pattern, mode…
+				return fmt.Errorf("%q: %s %s", item, strings.ToLower(strings.TrimPrefix(ce.Field, "Policy.")), ce.Msg)
+			}
 			return fmt.Errorf("%q: %v", item, err)
 		}
 		*v.p = append(*v.p, r)

@@ -203,6 +203,18 @@ func TestServeConfigBadValues(t *testing.T) {
 		{"yaml not a number", nil, nil, "max_clients: lots\n", []string{"max_clients"}, false},
 		{"yaml gc interval", nil, nil, "gc_interval: -1m\n", []string{"gc-interval"}, false},
 		{"yaml syntax", nil, nil, "mqtt_addr: [\n", []string{"config file"}, false},
+		{"negative journal age", []string{"--journal-max-age", "-1h"}, nil, "", []string{"journal-max-age", "-1h0m0s", "negative"}, false},
+		{"zero journal events", []string{"--journal-max-events", "0"}, nil, "", []string{"journal-max-events", "at least 1"}, false},
+		{"zero snapshot ttl", []string{"--snapshot-ttl", "0s"}, nil, "", []string{"snapshot-ttl", "positive"}, false},
+		{"zero snapshot ttl with keys", []string{"--snapshot-ttl", "0s", "--snapshot-keys", "k1:" + strings.Repeat("ab", 32)}, nil, "", []string{"snapshot-ttl", "positive"}, false},
+		{"short tick interval", []string{"--tick-interval", "5ms"}, nil, "", []string{"tick-interval", "10ms", "5ms"}, false},
+		{"short sweep interval", nil, env{"TETHER_SWEEP_INTERVAL": "1ms"}, "", []string{"sweep-interval", "10ms"}, false},
+		{"short liveness", nil, nil, "liveness: 500ms\n", []string{"liveness", "1s", "500ms"}, false},
+		{"policy mode", []string{"--policies", "quiz*=sometimes"}, nil, "", []string{"policies", "mode", "sometimes"}, true},
+		{"policy pattern", []string{"--policies", "[=exclusive"}, nil, "", []string{"policies", "pattern"}, true},
+		{"policy negative window", []string{"--policies", "quiz*=exclusive/-1m"}, nil, "", []string{"policies", "window", "negative"}, true},
+		{"zero gc interval", []string{"--gc-interval", "0s"}, nil, "", []string{"gc-interval", "positive"}, false},
+		{"tiny write buffer", []string{"--write-buffer", "16"}, nil, "", []string{"write-buffer", "256"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,6 +226,11 @@ func TestServeConfigBadValues(t *testing.T) {
 			require.Error(t, err)
 			for _, w := range tt.want {
 				require.ErrorContains(t, err, w)
+			}
+			// The user typed flags, not Go names.
+			require.NotContains(t, err.Error(), "sessions: ")
+			for field := range flagOf {
+				require.NotRegexp(t, `(^|[^A-Za-z.])`+regexp.QuoteMeta(field)+`($|[^A-Za-z])`, err.Error(), "names the Go field %s", field)
 			}
 			require.Equal(t, tt.usage, errors.As(err, new(usageError)), "usageError? %T: %v", err, err)
 		})
