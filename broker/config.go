@@ -84,7 +84,7 @@ func DefaultConfig() Config {
 		AdminAddr:        "127.0.0.1:0",
 		MaxClients:       100_000,
 		MaxPacketSize:    256 << 10,
-		MaxWritesPending: 1024,
+		MaxWritesPending: 128, // its channel is allocated whole for every client: 1 KiB at 128
 		ReadBufferSize:   1024,
 		WriteBufferSize:  1024,
 		SessionExpiry:    7 * 24 * time.Hour,
@@ -93,7 +93,7 @@ func DefaultConfig() Config {
 		Sessions:         sessions.DefaultConfig(),
 		RepliesKept:      1000,
 		QueueLimits:      queues.DefaultLimits(),
-		DeliveryWindow:   256,
+		DeliveryWindow:   64,
 		SnapshotTTL:      30 * 24 * time.Hour,
 		CallTimeout:      10 * time.Second,
 	}
@@ -180,12 +180,22 @@ func (c Config) Validate() error {
 	if c.DeliveryWindow < 1 || c.DeliveryWindow > queues.MaxBatch {
 		return configErrorf("DeliveryWindow", "must be 1..%d, got %d", queues.MaxBatch, c.DeliveryWindow)
 	}
+	if c.DeliveryWindow > int(c.MaxWritesPending)/2 {
+		// mochi drops a publish that finds a client's write queue full; a
+		// notification dropped there would be skipped by the device's
+		// cumulative ack. Half the queue stays free for replies and ticks.
+		return configErrorf("MaxWritesPending", "must be at least twice the delivery window (%d), got %d", c.DeliveryWindow, c.MaxWritesPending)
+	}
 	if c.SnapshotTTL <= 0 { // refused even without keys: a setting that is set must make sense
 		return configErrorf("SnapshotTTL", "must be positive, got %s", c.SnapshotTTL)
 	}
 	if len(c.SnapshotKeys) > 0 {
 		if _, err := snapshot.NewSealer(c.SnapshotKeys, c.SnapshotTTL); err != nil {
 			return configErrorf("SnapshotKeys", "%v", err)
+		}
+		// A remember the broker accepts must still seal.
+		if err := snapshot.CheckLimits(c.Sessions.MaxMemento, c.Sessions.MaxPhase); err != nil {
+			return configErrorf("Sessions.MaxMemento", "%v", err)
 		}
 	}
 	if c.RepliesKept < 1 {

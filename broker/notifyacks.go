@@ -10,24 +10,29 @@ import (
 	"github.com/f47fa0da/tether/persistence"
 )
 
-// maxPendingAcks bounds the notifications one connection may have
-// committed but not yet acknowledged; its next publish waits for room.
+// maxPendingAcks bounds the publishes one connection may have read but not
+// yet acknowledged; its next publish waits for room.
 const maxPendingAcks = 1024
 
-// notifyAcks lets a notifier keep many publishes in flight. mochi reads a
-// connection's packets one at a time and acknowledges each after the hook
-// returns, which would make every notify wait for its own sync round. So
-// the hook only commits (in arrival order, keeping seq order) and hands the
-// PUBACK to the connection's ackQueue, which sends it once the commit is
-// durable — in arrival order, as MQTT requires — and only then starts the
-// delivery. Commits of many publishes share one sync round.
+// notifyAcks lets a connection keep many publishes in flight while its
+// read goroutine goes on reading. mochi reads a connection's packets one at
+// a time and acknowledges each after the hook returns, which would make
+// every notify wait for its own sync round, and would run every request —
+// JSON, a Badger commit, the reply — on the read goroutine, whose stack
+// stays as deep as the deepest request for as long as the connection lives.
+// So the hook hands the publish to the connection's ackQueue: a notify is
+// committed at once (in arrival order, keeping seq order) and acknowledged
+// once durable; a request is run, answered and acknowledged by the queue's
+// drain goroutine, which exists only while there is work. PUBACKs leave in
+// arrival order, as MQTT requires [MQTT-4.6.0-2].
 type notifyAcks struct {
 	queues sync.Map // *mqtt.Client -> *ackQueue
 }
 
-// pendingAck is one committed publish waiting to be acknowledged.
+// pendingAck is one publish waiting to be acknowledged.
 type pendingAck struct {
 	pk      packets.Packet
+	run     func() // the request to run before the PUBACK; nil for a notify
 	durable persistence.Durable
 	err     error  // the refusal to report (MQTT 5 reason code)
 	then    func() // runs once durable, unless refused: start delivering
@@ -65,8 +70,24 @@ func (n *notifyAcks) push(cl *mqtt.Client, p pendingAck) {
 	}
 }
 
-// forget drops cl's queue when it disconnects; a drain in progress finishes
-// on its own (its PUBACKs fail on the closed connection, as any would).
+// settle returns once every publish cl sent so far has been run and
+// acknowledged: a will or a disconnect must not overtake the requests
+// before it (a begin run after the disconnect would attach the session to
+// a dead connection).
+func (n *notifyAcks) settle(cl *mqtt.Client) {
+	v, ok := n.queues.Load(cl)
+	if !ok {
+		return
+	}
+	q := v.(*ackQueue)
+	q.mu.Lock()
+	for q.running {
+		q.room.Wait()
+	}
+	q.mu.Unlock()
+}
+
+// forget drops cl's queue when it disconnects, after settle.
 func (n *notifyAcks) forget(cl *mqtt.Client) { n.queues.Delete(cl) }
 
 func (q *ackQueue) drain() {
@@ -74,7 +95,8 @@ func (q *ackQueue) drain() {
 		q.mu.Lock()
 		if len(q.pending) == 0 {
 			q.running = false
-			q.pending = nil // let a burst's backing array go
+			q.pending = nil    // let a burst's backing array go
+			q.room.Broadcast() // wake settle
 			q.mu.Unlock()
 			return
 		}
@@ -92,6 +114,9 @@ func (q *ackQueue) drain() {
 // fails nothing is known to be on disk: MQTT 5 clients get an error, 3.1.1
 // clients no PUBACK, so they send it again after reconnecting.
 func (q *ackQueue) finish(p pendingAck) {
+	if p.run != nil {
+		p.run()
+	}
 	synced := p.durable.Wait() == nil
 	if !synced && p.err == nil {
 		p.err = errNotDurable

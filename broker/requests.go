@@ -58,6 +58,7 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 }
 
 func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.acks.settle(cl)
 	h.acks.forget(cl)
 	if c := h.conn(cl); c != 0 {
 		h.registry.Disconnected(c)
@@ -65,10 +66,10 @@ func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	}
 }
 
-// OnPublish handles requests. The access hook ran first, so the publisher
-// owns the topic. Requests are answered, then acknowledged (the PUBACK
-// follows this hook, after every commit the request made), and never
-// forwarded to subscribers.
+// OnPublish handles requests and notifies. The access hook ran first, so
+// the publisher owns the topic. Requests are answered, then acknowledged
+// (the PUBACK follows the reply, after every commit the request made), and
+// never forwarded to subscribers.
 func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -82,18 +83,29 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	switch leaf {
 	case wire.LeafReq:
-		res := h.handle(cl, user, name, pk.Payload)
-		h.out.reply(user, name, pk, res)
-		// After the reply: queued notifications follow it, whether the
-		// instance just began or came back (after a reconnect or a broker
-		// restart) with any other request.
-		h.delivery.release(user, name)
-		return pk, packets.CodeSuccessIgnore
+		if pk.FixedHeader.Qos == 2 { // exactly-once publish handshakes stay with mochi
+			h.request(cl, user, name, pk)
+			return pk, packets.CodeSuccessIgnore
+		}
+		// Run by the connection's ack queue, in order with its other
+		// publishes; the PUBACK follows the reply.
+		h.acks.push(cl, pendingAck{pk: pk, run: func() { h.request(cl, user, name, pk) }})
+		return pk, packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
 	case wire.LeafPresence:
 		// Presence is broker-owned; a device speaks to it only through its will.
 		return pk, deny(cl, pk, packets.ErrNotAuthorized)
 	}
 	return pk, nil
+}
+
+// request runs one request and answers it.
+func (h *sessionHook) request(cl *mqtt.Client, user, name string, pk packets.Packet) {
+	res := h.handle(cl, user, name, pk.Payload)
+	h.out.reply(user, name, pk, res)
+	// After the reply: queued notifications follow it, whether the
+	// instance just began or came back (after a reconnect or a broker
+	// restart) with any other request.
+	h.delivery.release(user, name)
 }
 
 // handle runs one request and builds its reply.
@@ -247,6 +259,7 @@ func (h *sessionHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error)
 	}
 	var wp willPayload
 	_ = json.Unmarshal(will.Payload, &wp) // the payload is informative; the connection is what counts
+	h.acks.settle(cl)
 	h.registry.Will(user, name, h.conn(cl), wp.Conn)
 	return voidWill(will), nil
 }

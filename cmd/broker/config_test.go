@@ -179,6 +179,7 @@ func TestServeConfigBadValues(t *testing.T) {
 		{"negative packet size", []string{"--max-packet-size", "-1"}, nil, "", []string{"max-packet-size"}, true},
 		{"tiny packet size", []string{"--max-packet-size", "100"}, nil, "", []string{"max-packet-size", "1024"}, false},
 		{"writes pending overflow", []string{"--max-writes-pending", "3000000000"}, nil, "", []string{"max-writes-pending"}, true},
+		{"writes pending below the delivery window", []string{"--max-writes-pending", "100"}, nil, "", []string{"max-writes-pending", "twice the delivery window (64)"}, false},
 		{"unknown flag", []string{"--mqtt-adr", ":1"}, nil, "", []string{"mqtt-adr"}, true},
 		{"stray argument", []string{"extra"}, nil, "", []string{`"extra"`}, true},
 		{"env mqtt-addr", nil, env{"TETHER_MQTT_ADDR": "nonsense"}, "", []string{"mqtt-addr", "nonsense"}, false},
