@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/f47fa0da/tether/wire"
+)
+
+// lightSession is the device of the scale benchmarks: one MQTT 3.1.1
+// connection, written with mochi's packet codec on a bare net.Conn, that
+// does what the client SDK does to start (CONNECT with the SDK's will,
+// SUBSCRIBE res/tick/notify, begin and wait for its reply) and then stays
+// idle, reading nothing. It costs the load generator a fraction of what a
+// paho client does, so that the broker, not device-sim, is what is
+// measured.
+type lightSession struct {
+	conn net.Conn
+}
+
+// dialLightSession connects as user to session at addr (host:port) and
+// begins it; with begin false it only connects (no Tether topics), as for
+// mosquitto and mochi.
+func dialLightSession(ctx context.Context, addr, user, token, session string, begin bool) (*lightSession, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", user, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	} else {
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	s := &lightSession{conn: conn}
+	if err := s.start(user, token, session, begin); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return s, nil
+}
+
+func (s *lightSession) start(user, token, session string, begin bool) error {
+	connID := randomID()
+	c := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "sim-" + user + "-" + connID, Clean: true,
+			Keepalive: 300, UsernameFlag: user != "", Username: []byte(user), PasswordFlag: token != "", Password: []byte(token),
+		}}
+	if begin {
+		will, _ := json.Marshal(map[string]string{"state": "offline", "conn": connID})
+		c.Connect.WillFlag, c.Connect.WillQos = true, 1
+		c.Connect.WillTopic, c.Connect.WillPayload = wire.SessionTopic(user, session, wire.LeafPresence), will
+	}
+	var buf bytes.Buffer
+	if err := c.ConnectEncode(&buf); err != nil {
+		return err
+	}
+	if begin {
+		sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+			Filters: packets.Subscriptions{
+				{Filter: wire.SessionTopic(user, session, wire.LeafRes), Qos: 1},
+				{Filter: wire.SessionTopic(user, session, wire.LeafTick), Qos: 0},
+				{Filter: wire.SessionTopic(user, session, wire.LeafNotify), Qos: 1},
+			}}
+		if err := sub.SubscribeEncode(&buf); err != nil {
+			return err
+		}
+		req, _ := json.Marshal(wire.Request{ID: json.RawMessage(`"` + connID + `.1"`), Op: wire.OpBegin})
+		pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4, PacketID: 2,
+			TopicName: wire.SessionTopic(user, session, wire.LeafReq), Payload: req}
+		if err := pub.PublishEncode(&buf); err != nil {
+			return err
+		}
+	}
+	// One write: CONNECT, SUBSCRIBE and begin, as a client that pipelines.
+	if _, err := s.conn.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("connect %s: %w", user, err)
+	}
+	r := bufio.NewReaderSize(s.conn, 1024)
+	res := wire.SessionTopic(user, session, wire.LeafRes)
+	for {
+		pk, err := readPacket(r)
+		if err != nil {
+			return fmt.Errorf("%s: %w", user, err)
+		}
+		switch pk.FixedHeader.Type {
+		case packets.Connack:
+			if pk.ReasonCode != 0 {
+				return fmt.Errorf("connect %s: refused with code %d", user, pk.ReasonCode)
+			}
+			if !begin {
+				return nil
+			}
+		case packets.Suback:
+			for _, code := range pk.ReasonCodes {
+				if code >= 0x80 {
+					return fmt.Errorf("subscribe %s: refused", user)
+				}
+			}
+		case packets.Publish:
+			if pk.FixedHeader.Qos == 1 {
+				ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+				var b bytes.Buffer
+				_ = ack.PubackEncode(&b)
+				if _, err := s.conn.Write(b.Bytes()); err != nil {
+					return err
+				}
+			}
+			if pk.TopicName != res {
+				continue
+			}
+			var r wire.Response
+			if err := json.Unmarshal(pk.Payload, &r); err != nil || r.Error != nil {
+				return fmt.Errorf("begin %s/%s: %s %v", user, session, pk.Payload, err)
+			}
+			return nil
+		}
+	}
+}
+
+// readPacket reads one MQTT 3.1.1 packet of the kinds a device receives.
+func readPacket(r *bufio.Reader) (packets.Packet, error) {
+	hb, err := r.ReadByte()
+	if err != nil {
+		return packets.Packet{}, err
+	}
+	pk := packets.Packet{ProtocolVersion: 4}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return pk, err
+	}
+	n, mul := 0, 1
+	for i := 0; ; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return pk, err
+		}
+		n += int(b&0x7f) * mul
+		if b&0x80 == 0 {
+			break
+		}
+		if mul *= 128; i == 3 {
+			return pk, errors.New("malformed remaining length")
+		}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return pk, err
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	}
+	return pk, err
+}
+
+func (s *lightSession) close() { _ = s.conn.Close() }
+
+// hostPort strips the scheme of a tcp:// URL.
+func hostPort(url string) string { return strings.TrimPrefix(url, "tcp://") }
