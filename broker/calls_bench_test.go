@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,22 +24,39 @@ import (
 // before its reply. Compare calls/s with BenchmarkFsync's fsyncs/s from the
 // same run: one session is bounded by the disk's fsync rate, concurrent
 // sessions share fsyncs (group commit).
+//
+// In users=1 every session belongs to one user, whose application state
+// the calls share: they are serialised up to their commit (not their
+// fsync). In users=N each session has a user of its own, as a fleet of
+// devices would.
 func BenchmarkCalls(b *testing.B) {
 	for _, n := range []int{1, 10, 100} {
-		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchmarkCalls(b, n) })
+		b.Run(fmt.Sprintf("sessions=%d/users=1", n), func(b *testing.B) { benchmarkCalls(b, n, false) })
+		if n > 1 {
+			b.Run(fmt.Sprintf("sessions=%d/users=%d", n, n), func(b *testing.B) { benchmarkCalls(b, n, true) })
+		}
 	}
 }
 
-func benchmarkCalls(b *testing.B, sessions int) {
-	br := brokertest.Start(b, brokertest.Config(b))
+func benchmarkCalls(b *testing.B, sessions int, userEach bool) {
+	cfg := brokertest.Config(b)
+	cfg.Logger = slog.New(slog.DiscardHandler) // the tests' debug logging is not what a broker pays
+	br := brokertest.Start(b, cfg)
 	br.Handle("tick", func(_ context.Context, c *nonce.Call) (any, error) {
 		return c.Seq, c.State.SetJSON("tick/"+c.Session, c.Seq)
 	})
-	token := brokertest.Token(b, br, "bench", auth.RoleDevice)
 	devs := make([]*client.Client, sessions)
+	tokens := map[string]string{}
 	for i := range devs {
+		user := "bench"
+		if userEach {
+			user = fmt.Sprintf("bench%d", i)
+		}
+		if tokens[user] == "" {
+			tokens[user] = brokertest.Token(b, br, user, auth.RoleDevice)
+		}
 		cfg := client.DefaultConfig()
-		cfg.URL, cfg.User, cfg.Token, cfg.Session = "tcp://"+br.Addrs().MQTT, "bench", token, fmt.Sprintf("s%d", i)
+		cfg.URL, cfg.User, cfg.Token, cfg.Session = "tcp://"+br.Addrs().MQTT, user, tokens[user], fmt.Sprintf("s%d", i)
 		cfg.ManualPing = true // no pings in the measurement
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		d, err := client.Dial(ctx, cfg)
