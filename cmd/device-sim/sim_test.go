@@ -142,3 +142,27 @@ func TestUpdateDoc(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "# B\n\nhand-written\n\n<!-- begin x -->\ntwo\n<!-- end x -->\n", string(b))
 }
+
+// TestBenchConnect runs the connect+begin benchmark small against the real
+// broker binary: every device begins, and the rate, latency and broker CPU
+// it reports are measured values, not zeros.
+func TestBenchConnect(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "connect.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout strings.Builder
+	err := benchConnectCmd(ctx, []string{"--devices", "40", "--concurrency", "8", "--json", out}, &stdout, io.Discard)
+	require.NoError(t, err)
+	var results []connectResult
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &results))
+	require.Len(t, results, 1)
+	r := results[0]
+	require.Empty(t, r.Error)
+	require.Equal(t, int64(40), r.Latency.Count, "every device began")
+	require.Positive(t, r.Rate)
+	require.Positive(t, r.Latency.P50)
+	require.Positive(t, r.BrokerCPU, "the broker spent CPU on the sessions")
+	require.Contains(t, stdout.String(), "broker CPU ms/session")
+}
