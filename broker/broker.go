@@ -110,9 +110,11 @@ func Open(cfg Config) (_ *Broker, err error) {
 		snaps = &snapshots{sealer: sealer, registry: b.registry, store: b.store}
 	}
 	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv, out: out}
+	sessHook := &sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions")}
+	b.delivery.subscribed = sessHook.subscribed
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets
-		&sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions")},
+		sessHook,
 		&mqttState{store: b.store, log: log.With("component", "mqtt-state")},
 	}
 	for _, h := range hooks {

@@ -35,6 +35,9 @@ type delivery struct {
 	rules    []QueueRule
 	window   int
 	metrics  *queueMetrics
+	// subscribed reports whether a connection has subscribed to a topic;
+	// nothing is sent to one that has not (nil: always).
+	subscribed func(sessions.Conn, string) bool
 
 	mu      sync.Mutex
 	cursor  map[string]*cursor // by "user/session": the last seq sent to the current instance
@@ -256,6 +259,10 @@ func (d *delivery) pump(user, session string) {
 		// to the old one may never have arrived; start again after acked.
 		c.conn, c.sent = conn, 0
 	}
+	topic := wire.SessionTopic(user, session, wire.LeafNotify)
+	if d.subscribed != nil && !d.subscribed(conn, topic) {
+		return // its subscription kicks the pump again
+	}
 	var entries []queues.Entry
 	err := d.store.View(func(tx persistence.Txn) error {
 		meta, err := queues.GetMeta(tx, user, session)
@@ -276,7 +283,6 @@ func (d *delivery) pump(user, session string) {
 		d.out.log.Error("read queue", "session", key, "error", err)
 		return
 	}
-	topic := wire.SessionTopic(user, session, wire.LeafNotify)
 	for _, e := range entries {
 		d.out.publishQoS1(topic, wire.Notification{Seq: e.Seq, Data: e.Data, TS: e.Enqueued.UnixMilli()})
 		c.sent = e.Seq

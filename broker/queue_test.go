@@ -20,6 +20,7 @@ import (
 	"github.com/f47fa0da/tether/internal/brokertest"
 	"github.com/f47fa0da/tether/persistence"
 	"github.com/f47fa0da/tether/queues"
+	"github.com/f47fa0da/tether/wire"
 )
 
 // notifier is a service-role paho client.
@@ -365,4 +366,34 @@ func TestNotifyPipelinedRefusalsInOrder(t *testing.T) {
 	out, err := b.Outq("alice", "strict", 0)
 	require.NoError(t, err)
 	require.Len(t, out, 2)
+}
+
+// TestDeliveryWaitsForSubscription: a device that begins (or comes back)
+// before it has subscribed to its notify topic gets its queued
+// notifications once it subscribes. Sent before, they would reach no one,
+// and its next cumulative ack would skip them.
+func TestDeliveryWaitsForSubscription(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	app := notifier(t, url, brokertest.Token(t, b, "app", auth.RoleService))
+	for i := 1; i <= 3; i++ {
+		notifyMQTT(t, app, "tether/notify/alice/late", i)
+	}
+
+	dev := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice)))
+	replies := brokertest.NewMessages(4)
+	require.NoError(t, brokertest.Wait(dev.Subscribe("sessions/alice/late/res", 1, replies.Handler)))
+	require.NoError(t, brokertest.Wait(dev.Publish("sessions/alice/late/req", 1, false, `{"id":1,"op":"begin"}`)))
+	var res wire.Response
+	require.NoError(t, json.Unmarshal(replies.Next(t, 5*time.Second).Payload(), &res))
+	require.Nil(t, res.Error)
+
+	notes := brokertest.NewMessages(8)
+	require.NoError(t, brokertest.Wait(dev.Subscribe("sessions/alice/late/notify", 1, notes.Handler)))
+	for want := uint64(1); want <= 3; want++ {
+		var n wire.Notification
+		require.NoError(t, json.Unmarshal(notes.Next(t, 5*time.Second).Payload(), &n))
+		require.Equal(t, want, n.Seq, "every queued notification arrives once subscribed, in order")
+	}
+	notes.None(t, 300*time.Millisecond)
 }

@@ -35,6 +35,7 @@ type sessionHook struct {
 
 	nextConn atomic.Uint64
 	conns    sync.Map // *mqtt.Client -> sessions.Conn
+	clients  sync.Map // sessions.Conn -> *mqtt.Client
 }
 
 func (h *sessionHook) ID() string { return "tether-sessions" }
@@ -54,7 +55,9 @@ func (h *sessionHook) conn(cl *mqtt.Client) sessions.Conn {
 }
 
 func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	h.conns.Store(cl, sessions.Conn(h.nextConn.Add(1)))
+	c := sessions.Conn(h.nextConn.Add(1))
+	h.conns.Store(cl, c)
+	h.clients.Store(c, cl)
 }
 
 func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
@@ -63,6 +66,7 @@ func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	if c := h.conn(cl); c != 0 {
 		h.registry.Disconnected(c)
 		h.conns.Delete(cl)
+		h.clients.Delete(c)
 	}
 }
 
@@ -282,23 +286,43 @@ func (h *sessionHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []b
 			continue
 		}
 		levels := strings.SplitN(f.Filter, "/", 4)
+		names := []string{}
 		if len(levels) >= 3 && wire.ValidName(levels[2]) {
-			if topicMatches(f.Filter, wire.SessionTopic(p.User, levels[2], wire.LeafPresence)) {
-				h.registry.Touch(p.User, levels[2])
+			names = append(names, levels[2])
+		} else {
+			var err error
+			if names, err = h.registry.Names(p.User); err != nil {
+				h.log.Error("list sessions for presence", "user", p.User, "error", err)
+				continue
 			}
-			continue
-		}
-		names, err := h.registry.Names(p.User)
-		if err != nil {
-			h.log.Error("list sessions for presence", "user", p.User, "error", err)
-			continue
 		}
 		for _, name := range names {
 			if topicMatches(f.Filter, wire.SessionTopic(p.User, name, wire.LeafPresence)) {
 				h.registry.Touch(p.User, name)
 			}
+			// Delivery waited for this subscription (see subscribed).
+			if topicMatches(f.Filter, wire.SessionTopic(p.User, name, wire.LeafNotify)) && h.registry.AttachedConn(p.User, name) == h.conn(cl) {
+				h.delivery.kick(p.User, name)
+			}
 		}
 	}
+}
+
+// subscribed reports whether connection c has a subscription that covers
+// topic. Delivery waits for it: a notification published before the
+// device subscribed (it reconnected and sent a request first) would reach
+// no one, and the device's next cumulative ack would skip it.
+func (h *sessionHook) subscribed(c sessions.Conn, topic string) bool {
+	v, ok := h.clients.Load(c)
+	if !ok {
+		return false
+	}
+	for filter := range v.(*mqtt.Client).State.Subscriptions.GetAll() {
+		if topicMatches(filter, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // topicMatches reports whether an MQTT filter matches a topic.
