@@ -166,9 +166,16 @@ func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, u
 // Notifications sent before the reply would be dropped by the device
 // (it has no instance yet) and, acks being cumulative, lost.
 func (d *delivery) begin(user, session string, fn func() (sessions.Conn, error)) error {
-	c := d.cursorFor(user + "/" + session)
+	key := user + "/" + session
+	c := d.cursorFor(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// A pump that found the session unattached may have dropped c from the
+	// map since cursorFor: put it back, so that every pump from now on sees
+	// the hold instead of a fresh cursor that would send before the reply.
+	d.mu.Lock()
+	d.cursor[key] = c
+	d.mu.Unlock()
 	conn, err := fn()
 	if err == nil {
 		c.conn, c.sent, c.hold = conn, 0, true
@@ -243,8 +250,15 @@ func (d *delivery) pump(user, session string) {
 	key := user + "/" + session
 	conn := d.registry.AttachedConn(user, session)
 	if conn == 0 {
+		// Nothing in flight to anyone: the next begin starts from acked. A
+		// cursor that a begin holds (locked) stays: it is that begin's.
 		d.mu.Lock()
-		delete(d.cursor, key) // nothing in flight to anyone: the next begin starts from acked
+		if c, ok := d.cursor[key]; ok && c.mu.TryLock() {
+			if !c.hold {
+				delete(d.cursor, key)
+			}
+			c.mu.Unlock()
+		}
 		d.mu.Unlock()
 		return
 	}
