@@ -79,6 +79,11 @@ func TestBeginRememberEnd(t *testing.T) {
 	phase := "demo_started"
 	require.NoError(t, d.Remember(ctx(t), map[string]int{"step": 5}, &phase))
 	d.Close() // no End: the instance stays current, as after a crash
+	// The journal below tells the disconnect before the next begin: wait
+	// for it (a begin from another connection may otherwise overtake it).
+	brokertest.WaitFor(t, 5*time.Second, "the disconnect detaches the session", func() bool {
+		return state(t, b, "alice", "kitchen") == sessions.StateDetached
+	})
 
 	// Another device resumes the session where the first left off.
 	d2 := device(t, url, "alice", token, "kitchen")
