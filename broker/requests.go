@@ -31,7 +31,7 @@ type sessionHook struct {
 	out      *outbox
 	log      *slog.Logger
 
-	acks notifyAcks
+	acks publishQueues
 
 	nextConn atomic.Uint64
 	conns    sync.Map // *mqtt.Client -> sessions.Conn
@@ -286,9 +286,9 @@ func (h *sessionHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []b
 			continue
 		}
 		levels := strings.SplitN(f.Filter, "/", 4)
-		names := []string{}
+		var names []string
 		if len(levels) >= 3 && wire.ValidName(levels[2]) {
-			names = append(names, levels[2])
+			names = []string{levels[2]}
 		} else {
 			var err error
 			if names, err = h.registry.Names(p.User); err != nil {

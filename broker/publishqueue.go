@@ -14,7 +14,7 @@ import (
 // yet acknowledged; its next publish waits for room.
 const maxPendingAcks = 1024
 
-// notifyAcks lets a connection keep many publishes in flight while its
+// publishQueues lets a connection keep many publishes in flight while its
 // read goroutine goes on reading. mochi reads a connection's packets one at
 // a time and acknowledges each after the hook returns, which would make
 // every notify wait for its own sync round, and would run every request —
@@ -25,7 +25,7 @@ const maxPendingAcks = 1024
 // once durable; a request is run, answered and acknowledged by the queue's
 // drain goroutine, which exists only while there is work. PUBACKs leave in
 // arrival order, as MQTT requires [MQTT-4.6.0-2].
-type notifyAcks struct {
+type publishQueues struct {
 	queues sync.Map // *mqtt.Client -> *ackQueue
 }
 
@@ -50,7 +50,7 @@ type ackQueue struct {
 
 // push queues p behind cl's earlier publishes, waiting while the
 // connection has maxPendingAcks outstanding.
-func (n *notifyAcks) push(cl *mqtt.Client, p pendingAck) {
+func (n *publishQueues) push(cl *mqtt.Client, p pendingAck) {
 	v, ok := n.queues.Load(cl)
 	if !ok {
 		q := &ackQueue{cl: cl}
@@ -74,7 +74,7 @@ func (n *notifyAcks) push(cl *mqtt.Client, p pendingAck) {
 // acknowledged: a will or a disconnect must not overtake the requests
 // before it (a begin run after the disconnect would attach the session to
 // a dead connection).
-func (n *notifyAcks) settle(cl *mqtt.Client) {
+func (n *publishQueues) settle(cl *mqtt.Client) {
 	v, ok := n.queues.Load(cl)
 	if !ok {
 		return
@@ -88,7 +88,7 @@ func (n *notifyAcks) settle(cl *mqtt.Client) {
 }
 
 // forget drops cl's queue when it disconnects, after settle.
-func (n *notifyAcks) forget(cl *mqtt.Client) { n.queues.Delete(cl) }
+func (n *publishQueues) forget(cl *mqtt.Client) { n.queues.Delete(cl) }
 
 func (q *ackQueue) drain() {
 	for {
