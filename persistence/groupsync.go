@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // groupSync makes commits durable in groups: Badger runs with SyncWrites off,
@@ -138,17 +139,62 @@ func (g *groupSync) stats() (commits, syncs uint64) {
 // stalls every commit behind the round instead of letting them gather for
 // the next one.
 //
+// Values below Badger's value threshold live in the memtable log only, so
+// the value log is written only by large values and by value-log GC. A
+// round skips the fsync of value logs it synced before unless one of those
+// may have written since the last round (valueLogged): with small values,
+// a round costs one fsync instead of two.
+//
 // Only the round leader calls sync, one at a time (groupSync).
 type logFiles struct {
 	dir     string
 	d       *os.File            // the directory, kept open
 	open    map[string]*os.File // live logs by file name
 	lastTop [2]uint64           // newest log id of each kind at the last round
+
+	// valueLogged is set by every write that may reach the value log,
+	// before its commit is handed to Badger; the next round to start
+	// clears it and syncs the value logs. gcRunning counts value-log GC
+	// runs in progress, whose rewrites go to the value log unannounced:
+	// every round syncs the value logs while one runs.
+	valueLogged atomic.Bool
+	gcRunning   atomic.Int32
+
+	synced func(name string) // tests: called for each log a round fsyncs
 }
 
-var logExts = [2]string{".mem", ".vlog"}
+// valueLogMin is the value size from which a write is taken to reach the
+// value log: half of the threshold Open gives Badger (values of at least
+// the threshold go there), a margin that costs only a rare extra fsync.
+const valueLogMin = valueThreshold / 2
+
+// noteValue records that a value of n bytes is about to be committed.
+func (l *logFiles) noteValue(n int) {
+	if n >= valueLogMin {
+		l.valueLogged.Store(true)
+	}
+}
+
+// gcStart and gcDone bracket a run of Badger's value-log GC.
+func (l *logFiles) gcStart() { l.gcRunning.Add(1) }
+
+func (l *logFiles) gcDone() {
+	l.valueLogged.Store(true) // before gcRunning drops: no round misses the rewrites
+	l.gcRunning.Add(-1)
+}
+
+// Kinds of log, indexes into logExts.
+const (
+	memtableLog = iota
+	valueLog
+)
+
+var logExts = [2]string{memtableLog: ".mem", valueLog: ".vlog"}
 
 func (l *logFiles) sync() error {
+	// Read before listing: every commit this round covers set it before
+	// the round began (groupSync orders them through its mutex).
+	values := l.valueLogged.Swap(false) || l.gcRunning.Load() > 0
 	if l.d == nil {
 		d, err := os.Open(l.dir)
 		if err != nil {
@@ -164,13 +210,19 @@ func (l *logFiles) sync() error {
 	}
 	var top [2]uint64
 	for _, n := range names {
-		kind, id, ok := logID(n)
-		if !ok {
-			continue
+		if kind, id, ok := logID(n); ok {
+			top[kind] = max(top[kind], id)
 		}
-		top[kind] = max(top[kind], id)
-		if id < l.lastTop[kind] {
-			continue // complete, and synced by an earlier round
+	}
+	// A new value log means the one before it was written up to its end.
+	values = values || top[valueLog] != l.lastTop[valueLog]
+	for _, n := range names {
+		kind, id, ok := logID(n)
+		if !ok || id < l.lastTop[kind] {
+			continue // not a log, or complete and synced by an earlier round
+		}
+		if kind == valueLog && !values && l.open[n] != nil {
+			continue // synced by an earlier round, and not written since
 		}
 		if err := l.syncFile(n); err != nil {
 			return err
@@ -229,6 +281,9 @@ func (l *logFiles) syncFile(n string) error {
 			return err
 		}
 		l.open[n] = f
+	}
+	if l.synced != nil {
+		l.synced(n)
 	}
 	return f.Sync()
 }

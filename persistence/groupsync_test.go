@@ -158,6 +158,72 @@ func TestLogFilesSyncsLiveLogs(t *testing.T) {
 	}
 }
 
+// TestLogFilesSyncsValueLogsOnlyWhenWritten checks that a round skips a
+// value log an earlier round synced unless a large value or a value-log GC
+// may have written to it since, and always syncs a new one.
+func TestLogFilesSyncsValueLogsOnlyWhenWritten(t *testing.T) {
+	dir := t.TempDir()
+	touch := func(names ...string) {
+		for _, n := range names {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte("data"), 0o600))
+		}
+	}
+	touch("00001.mem", "000001.vlog")
+	var synced []string
+	l := &logFiles{dir: dir, synced: func(n string) { synced = append(synced, n) }}
+	t.Cleanup(l.close)
+	round := func() []string {
+		t.Helper()
+		synced = nil
+		require.NoError(t, l.sync())
+		slices.Sort(synced)
+		return synced
+	}
+
+	tests := []struct {
+		name   string
+		before func()
+		want   []string
+	}{
+		{"first round: every log", func() {}, []string{"000001.vlog", "00001.mem"}},
+		{"small values: memtable log only", func() { l.noteValue(valueLogMin - 1) }, []string{"00001.mem"}},
+		{"large value: value log too", func() { l.noteValue(valueLogMin) }, []string{"000001.vlog", "00001.mem"}},
+		{"noted once, synced once", func() {}, []string{"00001.mem"}},
+		{"new value log", func() { touch("000002.vlog") }, []string{"000001.vlog", "000002.vlog", "00001.mem"}},
+		{"gc running", l.gcStart, []string{"000002.vlog", "00001.mem"}},
+		{"gc still running", func() {}, []string{"000002.vlog", "00001.mem"}},
+		{"gc done", l.gcDone, []string{"000002.vlog", "00001.mem"}},
+		{"after gc", func() {}, []string{"00001.mem"}},
+	}
+	for _, tt := range tests {
+		tt.before()
+		require.Equal(t, tt.want, round(), tt.name)
+	}
+}
+
+// TestStoreNotesLargeValues checks that a commit of a value that may go to
+// the value log makes the next round sync it, and a small one does not.
+func TestStoreNotesLargeValues(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Dir = t.TempDir()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	s, err := Open(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	for _, tt := range []struct {
+		size int
+		want bool
+	}{{100, false}, {valueThreshold, true}} {
+		require.NoError(t, s.Update(func(tx Txn) error {
+			require.False(t, s.logs.valueLogged.Load())
+			require.NoError(t, tx.Set([]byte("k"), make([]byte, tt.size)))
+			require.Equal(t, tt.want, s.logs.valueLogged.Load(), "size %d", tt.size)
+			return nil
+		}))
+		require.False(t, s.logs.valueLogged.Load(), "the round after the commit clears it")
+	}
+}
+
 // TestDurableAcrossMemtableRotation writes far more than one memtable holds,
 // so Badger rotates memtables while commits are synced in groups, and checks
 // everything reads back after reopening.

@@ -8,10 +8,27 @@ import (
 
 // Key builds a key from parts joined by '/'; see docs/storage.md for the
 // layout. Parts must not contain '/' unless they are the last part.
-func Key(parts ...string) []byte { return []byte(strings.Join(parts, "/")) }
+func Key(parts ...string) []byte { return joinKey(parts, 0) }
 
 // Prefix is Key with a trailing '/', for scanning every key below parts.
-func Prefix(parts ...string) []byte { return append(Key(parts...), '/') }
+func Prefix(parts ...string) []byte { return append(joinKey(parts, 1), '/') }
+
+// joinKey joins parts with '/' in one allocation, with room for extra
+// more bytes (Prefix's '/') so that appending them does not copy.
+func joinKey(parts []string, extra int) []byte {
+	n := extra
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	k := make([]byte, 0, n)
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, '/')
+		}
+		k = append(k, p...)
+	}
+	return k
+}
 
 // Uint64Key appends n big-endian so that keys sort numerically.
 func Uint64Key(prefix []byte, n uint64) []byte {

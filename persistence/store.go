@@ -29,6 +29,10 @@ var ErrConflict = errors.New("persistence: transaction conflict persisted throug
 // ErrLocked is returned by Open when another process holds the data directory.
 var ErrLocked = errors.New("persistence: data directory is in use by another process")
 
+// valueThreshold is the value size from which Badger keeps a value in the
+// value log rather than in the LSM tree.
+const valueThreshold = 64 << 10
+
 // Config says where and how the store keeps its data.
 type Config struct {
 	// Dir is the data directory; it is created if missing.
@@ -100,9 +104,10 @@ func Open(cfg Config) (*Store, error) {
 		WithSyncWrites(false). // commits are synced in groups, see groupSync
 		WithLogger(badgerLogger{log.With("component", "badger")}).
 		WithMemTableSize(cfg.MemTableSize).
-		// Values above 64 KiB go to the value log; Badger requires the
-		// threshold to stay below 15% of the memtable (1 MiB at least).
-		WithValueThreshold(64 << 10).
+		// Values of 64 KiB and more go to the value log; Badger requires
+		// the threshold to stay below 15% of the memtable (1 MiB at least).
+		// It stays fixed (no VLogPercentile): logFiles relies on it.
+		WithValueThreshold(valueThreshold).
 		WithNumVersionsToKeep(1).
 		WithNumCompactors(2).
 		WithCompactL0OnClose(false)
@@ -206,7 +211,7 @@ func (s *Store) commit(fn func(Txn) error) (uint64, error) {
 func (s *Store) commitOnce(fn func(Txn) error) (uint64, error) {
 	t := s.db.NewTransaction(true)
 	defer t.Discard()
-	x := &txn{t: t}
+	x := &txn{t: t, logs: s.logs}
 	if s.durable == nil {
 		if err := fn(x); err != nil {
 			return 0, err
@@ -269,10 +274,20 @@ func (s *Store) gcLoop(ctx context.Context) {
 		case <-t.C:
 			// One successful run may leave more files to rewrite; stop at the
 			// first "nothing to do" (or any error) until the next tick.
-			for ctx.Err() == nil && s.db.RunValueLogGC(s.cfg.GCDiscardRatio) == nil {
+			for ctx.Err() == nil && s.runValueLogGC() == nil {
 			}
 		}
 	}
+}
+
+// runValueLogGC runs one pass of Badger's value-log GC, telling the sync
+// rounds that it writes to the value log.
+func (s *Store) runValueLogGC() error {
+	if s.logs != nil {
+		s.logs.gcStart()
+		defer s.logs.gcDone()
+	}
+	return s.db.RunValueLogGC(s.cfg.GCDiscardRatio)
 }
 
 func isLockErr(err error) bool {

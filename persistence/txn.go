@@ -28,10 +28,13 @@ type Txn interface {
 }
 
 // txn notes whether anything was written, so a read-only commit does not
-// wait for a sync round.
+// wait for a sync round, and tells the sync rounds (logs, nil when
+// SyncWrites is off or in a read-only View) about values that may go to
+// the value log.
 type txn struct {
 	t     *badger.Txn
 	wrote bool
+	logs  *logFiles
 }
 
 func (x *txn) Get(key []byte) ([]byte, error) {
@@ -47,6 +50,9 @@ func (x *txn) Get(key []byte) ([]byte, error) {
 
 func (x *txn) Set(key, value []byte) error {
 	x.wrote = true
+	if x.logs != nil {
+		x.logs.noteValue(len(value))
+	}
 	return x.t.Set(key, value)
 }
 

@@ -74,10 +74,41 @@ type Retention struct {
 
 func journalPrefix(user, name string) []byte { return persistence.Prefix("journal", user, name) }
 
+// journalHead remembers the time of a session's oldest journal event, so
+// that trimming by age does not read and decode it on every append. An
+// event never changes once written: the time holds while seq is the
+// journal's first.
+type journalHead struct {
+	seq  uint64 // 0: nothing remembered
+	time time.Time
+}
+
+// timeOf returns the time of the event at seq (key k), and false when it
+// is missing or unreadable.
+func (h *journalHead) timeOf(tx persistence.Txn, k []byte, seq uint64) (time.Time, bool, error) {
+	if h.seq != 0 && h.seq == seq {
+		return h.time, true, nil
+	}
+	v, err := tx.Get(k)
+	if errors.Is(err, persistence.ErrNotFound) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	var e Event
+	if json.Unmarshal(v, &e) != nil {
+		return time.Time{}, false, nil
+	}
+	h.seq, h.time = seq, e.Time
+	return e.Time, true, nil
+}
+
 // appendEvent writes e as the session's next journal event in tx and trims
 // what retention no longer keeps (a bounded number per append, so a
-// burst never makes one commit large).
-func appendEvent(tx persistence.Txn, s *Session, e Event, keep Retention) error {
+// burst never makes one commit large). head is what the caller remembers
+// of the journal's oldest event; it holds only if tx commits.
+func appendEvent(tx persistence.Txn, s *Session, e Event, keep Retention, head *journalHead) error {
 	if s.Journal.Next == 0 {
 		s.Journal = JournalRange{First: 1, Next: 1}
 	}
@@ -97,12 +128,11 @@ func appendEvent(tx persistence.Txn, s *Session, e Event, keep Retention) error 
 			if keep.MaxAge <= 0 {
 				break
 			}
-			old, err := tx.Get(persistence.Uint64Key(prefix, s.Journal.First))
-			if err != nil && !errors.Is(err, persistence.ErrNotFound) {
+			t, ok, err := head.timeOf(tx, persistence.Uint64Key(prefix, s.Journal.First), s.Journal.First)
+			if err != nil {
 				return err
 			}
-			var oe Event
-			if err == nil && json.Unmarshal(old, &oe) == nil && e.Time.Sub(oe.Time) <= keep.MaxAge {
+			if ok && e.Time.Sub(t) <= keep.MaxAge {
 				break
 			}
 		}

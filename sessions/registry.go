@@ -160,6 +160,7 @@ type entry struct {
 	// Update): every operation on the entry waits for it, outside the
 	// lock, before it returns.
 	durable persistence.Durable
+	head    journalHead // the oldest journal event, as of the last commit
 }
 
 // New returns a registry over store and starts its sweep. Nothing is read
@@ -260,26 +261,30 @@ func (r *Registry) read(user, name string) (Session, error) {
 // transaction, then makes ns the entry's record. On error the entry is
 // unchanged.
 func (r *Registry) commit(e *entry, ns Session, events ...Event) error {
-	var done Session
+	var (
+		done Session
+		head journalHead
+	)
 	err := r.store.Update(func(tx persistence.Txn) error {
-		done = ns // afresh on every attempt: a conflict retries this function
-		return r.write(tx, &done, events)
+		done, head = ns, e.head // afresh on every attempt: a conflict retries this function
+		return r.write(tx, &done, events, &head)
 	})
 	if err != nil {
 		return err
 	}
-	e.s = done
+	e.s, e.head = done, head
 	return nil
 }
 
-// write journals events and stores s in tx with the next version.
-func (r *Registry) write(tx persistence.Txn, s *Session, events []Event) error {
+// write journals events and stores s in tx with the next version; head
+// is the journal's oldest event as appendEvent keeps it.
+func (r *Registry) write(tx persistence.Txn, s *Session, events []Event, head *journalHead) error {
 	s.Version++
 	for _, ev := range events {
 		if ev.Time.IsZero() {
 			ev.Time = r.now()
 		}
-		if err := appendEvent(tx, s, ev, r.cfg.Retention); err != nil {
+		if err := appendEvent(tx, s, ev, r.cfg.Retention, head); err != nil {
 			return err
 		}
 	}
@@ -335,20 +340,21 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 // after unlocking e.
 func (r *Registry) commitFn(e *entry, store bool, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
 	var (
-		ns Session
-		ch Change
+		ns   Session
+		ch   Change
+		head journalHead
 	)
 	d, err := r.store.Commit(func(tx persistence.Txn) error {
-		ns = e.s // afresh on every attempt: a conflict retries this function
+		ns, head = e.s, e.head // afresh on every attempt: a conflict retries this function
 		var err error
 		if ch, err = fn(tx, &ns); err != nil || !(ch.Changed || store) {
 			return err
 		}
-		return r.write(tx, &ns, ch.Events)
+		return r.write(tx, &ns, ch.Events, &head)
 	})
 	e.durable = e.durable.Join(d)
 	if err == nil && (ch.Changed || store) {
-		e.s = ns
+		e.s, e.head = ns, head
 	}
 	return err
 }
