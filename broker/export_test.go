@@ -17,6 +17,14 @@ func SetAfterCallCommit(f func(user, session string, seq uint64)) (restore func(
 	return func() { afterCallCommit = old }
 }
 
+// SetAfterBegin installs f as the hook that runs after a begin attached
+// its instance and before its reply is sent; like SetAfterCallCommit.
+func SetAfterBegin(f func(user, session string)) (restore func()) {
+	old := afterBegin
+	afterBegin = f
+	return func() { afterBegin = old }
+}
+
 // AppState returns the committed application state of user at key (what
 // handlers write through nonce.Call.State), and false if there is none.
 // The key layout is nonce.State's: app/<user>/<key>.
@@ -49,3 +57,8 @@ func (b *Broker) StoredReply(user, session string, seq uint64) (nonce.Reply, boo
 	})
 	return r, ok, err
 }
+
+// LoseInTransit makes every notification for which lose returns true
+// vanish on its way to the device: counted as sent, never published. Set
+// it before the first notification.
+func (b *Broker) LoseInTransit(lose func(seq uint64) bool) { b.delivery.lose = lose }

@@ -38,6 +38,9 @@ type delivery struct {
 	// subscribed reports whether a connection has subscribed to a topic;
 	// nothing is sent to one that has not (nil: always).
 	subscribed func(sessions.Conn, string) bool
+	// lose, in tests only, makes a notification vanish in transit: it is
+	// counted as sent but never published.
+	lose func(seq uint64) bool
 
 	mu      sync.Mutex
 	cursor  map[string]*cursor // by "user/session": the last seq sent to the current instance
@@ -55,6 +58,7 @@ type queueMetrics struct {
 	enqueued  prometheus.Counter
 	delivered prometheus.Counter
 	acked     prometheus.Counter
+	resends   prometheus.Counter
 	dropped   *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
 }
@@ -64,12 +68,14 @@ func newQueueMetrics(reg *prometheus.Registry) *queueMetrics {
 		enqueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notifications_enqueued_total", Help: "Notifications durably enqueued."}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notifications_delivered_total", Help: "Notifications published to devices (redeliveries included)."}),
 		acked:     prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notifications_acked_total", Help: "Queue entries removed by device acks."}),
+		resends: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_notification_resends_total",
+			Help: "Acks asking to resend after the acked seq: a device saw a gap (a notification lost in transit)."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_notifications_dropped_total",
 			Help: "Queue entries dropped, by reason (overflow_oldest, overflow_newest, collapsed, expired)."}, []string{"reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_notifications_rejected_total",
 			Help: "Notifications refused, by code (queue_full, too_large, bad_request, forbidden)."}, []string{"code"}),
 	}
-	reg.MustRegister(m.enqueued, m.delivered, m.acked, m.dropped, m.rejected)
+	reg.MustRegister(m.enqueued, m.delivered, m.acked, m.resends, m.dropped, m.rejected)
 	return m
 }
 
@@ -136,8 +142,10 @@ func (d *delivery) commit(user, session string, m queues.Message) (queues.Entry,
 }
 
 // ack removes user/session's entries up to upto under the current
-// instance, journals it, and sends what the window now allows.
-func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, upto uint64) (int, error) {
+// instance, journals it, and sends what the window now allows. With
+// resend, the device missed something in transit: everything after the
+// acked seq is sent again.
+func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, upto uint64, resend bool) (int, error) {
 	total := 0
 	for more := true; more; {
 		err := d.registry.Exec(user, session, conn, nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
@@ -146,16 +154,24 @@ func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, u
 				return sessions.Change{}, err
 			}
 			total, more = total+n, m
-			if n == 0 {
+			if n == 0 && !(resend && !more) {
 				return sessions.Change{}, nil
 			}
-			return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "ack", Detail: map[string]any{"upto": upto, "removed": n}}}}, nil
+			detail := map[string]any{"upto": upto, "removed": n}
+			if resend && !more {
+				detail["resend"] = true // a gap the device saw, worth an operator's eye
+			}
+			return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "ack", Detail: detail}}}, nil
 		})
 		if err != nil {
 			return total, err
 		}
 	}
 	d.metrics.acked.Add(float64(total))
+	if resend {
+		d.metrics.resends.Inc()
+		d.rewind(user, session, conn)
+	}
 	d.kick(user, session)
 	return total, nil
 }
@@ -183,24 +199,41 @@ func (d *delivery) begin(user, session string, fn func() (sessions.Conn, error))
 	return err
 }
 
-// release runs after every request's reply: it ends a begin's hold, and
-// sends what the window allows when the instance began or came back on
-// another connection (a reconnect, a broker restart). Otherwise there is
-// nothing new: enqueues and acks pump by themselves.
-func (d *delivery) release(user, session string) {
+// release runs after every reply to a request from conn: it ends the hold
+// of a begin from conn, and sends what the window allows when the instance
+// began or came back on another connection (a reconnect, a broker
+// restart). Otherwise there is nothing new: enqueues and acks pump by
+// themselves. A hold is ended only by the begin that took it: another
+// device's request (a stale one, say) answered meanwhile must not let
+// notifications overtake that begin's reply.
+func (d *delivery) release(user, session string, conn sessions.Conn) {
 	d.mu.Lock()
 	c, ok := d.cursor[user+"/"+session]
 	d.mu.Unlock()
 	if ok {
 		c.mu.Lock()
-		held, conn := c.hold, c.conn
+		if c.hold && c.conn != conn {
+			c.mu.Unlock()
+			return
+		}
+		held, sentTo := c.hold, c.conn
 		c.hold = false
 		c.mu.Unlock()
-		if !held && conn == d.registry.AttachedConn(user, session) {
+		if !held && sentTo == d.registry.AttachedConn(user, session) {
 			return
 		}
 	}
 	d.pump(user, session)
+}
+
+// rewind makes the next pump to conn start again after the acked seq.
+func (d *delivery) rewind(user, session string, conn sessions.Conn) {
+	c := d.cursorFor(user + "/" + session)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == conn {
+		c.sent = 0 // raised to the acked seq by the pump
+	}
 }
 
 func (d *delivery) cursorFor(key string) *cursor {
@@ -298,7 +331,11 @@ func (d *delivery) pump(user, session string) {
 		return
 	}
 	for _, e := range entries {
-		d.out.publishQoS1(topic, wire.Notification{Seq: e.Seq, Data: e.Data, TS: e.Enqueued.UnixMilli()})
+		if d.lose != nil && d.lose(e.Seq) {
+			c.sent = e.Seq
+			continue
+		}
+		d.out.publishQoS1(topic, wire.Notification{Seq: e.Seq, Prev: c.sent, Data: e.Data, TS: e.Enqueued.UnixMilli()})
 		c.sent = e.Seq
 	}
 	d.metrics.delivered.Add(float64(len(entries)))

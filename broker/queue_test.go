@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -125,6 +126,74 @@ func TestSwitchDevicesMidQueue(t *testing.T) {
 	seqs, data := receive(t, bdev, 5)
 	require.Equal(t, seqRange(6, 10), seqs, "device B continues after the last acked seq")
 	require.Equal(t, []string{"6", "7", "8", "9", "10"}, data)
+}
+
+// A notification lost on its way (never reaching the device) must not be
+// acked past: the next one's prev shows the gap, the device asks for a
+// resend, and every seq arrives in order. Holes the queue made (a
+// collapse) are not gaps.
+func TestGapInTransitIsResent(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	var lost atomic.Int32
+	b.LoseInTransit(func(seq uint64) bool { return seq == 3 && lost.Add(1) == 1 })
+	for i := 1; i <= 6; i++ {
+		_, err := b.Enqueue("alice", "tv", queues.Message{Data: json.RawMessage(strconv.Itoa(i)), Key: map[int]string{5: "k", 6: "k"}[i]})
+		require.NoError(t, err)
+	}
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "tv")
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	seqs, data := receive(t, d, 5)
+	require.Equal(t, []uint64{1, 2, 3, 4, 6}, seqs, "3 sent again after the gap; 5 collapsed into 6")
+	require.Equal(t, []string{"1", "2", "3", "4", "6"}, data)
+	require.Equal(t, int32(2), lost.Load(), "3 was sent twice: lost, then resent")
+	d.Ack(6)
+	brokertest.WaitFor(t, 5*time.Second, "the queue to drain", func() bool {
+		out, err := b.Outq("alice", "tv", 0)
+		return err == nil && len(out) == 0
+	})
+	select {
+	case n := <-d.Notifications():
+		t.Fatalf("unexpected notification %d", n.Seq)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// A begin holds delivery until its reply is out, and only that begin ends
+// the hold: a request from the device it took over from, answered
+// meanwhile, must not let a notification reach the new device before the
+// reply (it would drop it, and with no later notification to show the
+// gap, never get it).
+func TestBeginHoldSurvivesOtherDevicesRequests(t *testing.T) {
+	var begins atomic.Int32
+	paused, resume := make(chan struct{}), make(chan struct{})
+	restore := broker.SetAfterBegin(func(user, session string) {
+		if session == "tv" && begins.Add(1) == 2 {
+			close(paused)
+			<-resume
+		}
+	})
+	b := brokertest.Start(t, brokertest.Config(t))
+	t.Cleanup(func() { b.Close(); restore() })
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	url := "tcp://" + b.Addrs().MQTT
+	a := device(t, url, "alice", token, "tv")
+	_, err := a.Begin(ctx(t))
+	require.NoError(t, err)
+
+	bdev := device(t, url, "alice", token, "tv")
+	begun := make(chan error, 1)
+	go func() { _, err := bdev.Begin(ctx(t)); begun <- err }()
+	<-paused // B is attached; its reply is not out
+	_, err = a.Ping(ctx(t))
+	require.ErrorIs(t, err, client.ErrStaleNonce, "A was taken over")
+	_, err = b.Notify("alice", "tv", "after the takeover")
+	require.NoError(t, err)
+	close(resume)
+	require.NoError(t, <-begun)
+	seqs, data := receive(t, bdev, 1)
+	require.Equal(t, []uint64{1}, seqs)
+	require.Equal(t, []string{`"after the takeover"`}, data)
 }
 
 func TestQueuePoliciesEndToEnd(t *testing.T) {

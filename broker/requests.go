@@ -109,7 +109,7 @@ func (h *sessionHook) request(cl *mqtt.Client, user, name string, pk packets.Pac
 	// After the reply: queued notifications follow it, whether the
 	// instance just began or came back (after a reconnect or a broker
 	// restart) with any other request.
-	h.delivery.release(user, name)
+	h.delivery.release(user, name, h.conn(cl))
 }
 
 // handle runs one request and builds its reply.
@@ -159,7 +159,7 @@ func (h *sessionHook) handle(cl *mqtt.Client, user, name string, payload []byte)
 		ok, err = h.calls.run(user, name, conn, req)
 	case wire.OpAck:
 		var n int
-		n, err = h.delivery.ack(user, name, conn, req.Nonce, *req.Upto)
+		n, err = h.delivery.ack(user, name, conn, req.Nonce, *req.Upto, req.Resend)
 		ok = map[string]any{"acked": *req.Upto, "removed": n}
 	default:
 		err = errNotYet
@@ -189,12 +189,19 @@ func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	if afterBegin != nil {
+		afterBegin(user, name)
+	}
 	qi, err := h.delivery.info(user, name)
 	if err != nil {
 		return nil, err
 	}
 	return begun{res, qi}, nil
 }
+
+// afterBegin, when set (only by tests, before Open), runs after a begin
+// attached its instance and before its reply is sent.
+var afterBegin func(user, session string)
 
 // wireError maps an error from the parts to the closed set of wire codes;
 // this is the one place that mapping lives.

@@ -194,6 +194,8 @@ type Client struct {
 	acked    atomic.Uint64  // the broker's acked seq at the latest begin
 	ackWant  atomic.Uint64  // highest seq the application handled
 	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
+	gaps     atomic.Uint64  // gaps seen in the notifications (a Prev not seen)
+	resent   atomic.Uint64  // gaps covered by a resend the broker confirmed
 	ackKick  chan struct{}
 	lastTick atomic.Int64 // unix nanos
 	lost     atomic.Bool
@@ -458,6 +460,14 @@ func (c *Client) deliver() {
 		if n.Seq <= last {
 			continue // a redelivery of something already handed over
 		}
+		if n.Prev > last {
+			// Something sent before n never arrived. Acks being cumulative,
+			// n must wait: ask for everything after the acked seq again.
+			c.log.Warn("notification gap; asking for a resend", "seq", n.Seq, "prev", n.Prev, "last", last)
+			c.gaps.Add(1)
+			c.kickAcker()
+			continue
+		}
 		last = n.Seq
 		select {
 		case <-c.ctx.Done():
@@ -478,6 +488,10 @@ func (c *Client) Notifications() <-chan Notification { return c.notes }
 // coalesced, so it never waits for the broker.
 func (c *Client) Ack(upto uint64) {
 	raise(&c.ackWant, upto)
+	c.kickAcker()
+}
+
+func (c *Client) kickAcker() {
 	select {
 	case c.ackKick <- struct{}{}:
 	default:
@@ -503,7 +517,8 @@ func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) 
 	}
 }
 
-// acker sends the highest wanted ack, one at a time.
+// acker sends the highest wanted ack, one at a time, asking for a resend
+// when a gap was seen since the last one it asked for.
 func (c *Client) acker() {
 	defer c.wg.Done()
 	for {
@@ -512,19 +527,25 @@ func (c *Client) acker() {
 			return
 		case <-c.ackKick:
 		}
-		for want := c.ackWant.Load(); want > c.ackSent.Load(); want = c.ackWant.Load() {
-			nonce := c.Nonce()
-			if nonce == "" {
+		for {
+			want, gaps := c.ackWant.Load(), c.gaps.Load()
+			resend := gaps > c.resent.Load()
+			if want <= c.ackSent.Load() && !resend {
 				break
 			}
+			nonce := c.Nonce()
+			if nonce == "" {
+				break // the next begin sends everything unacked anyway
+			}
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RequestTimeout)
-			err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &want}, true, nil)
+			err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &want, Resend: resend}, true, nil)
 			cancel()
 			if err != nil {
 				c.log.Warn("ack failed; the next begin redelivers", "upto", want, "error", err)
 				break
 			}
 			raise(&c.ackSent, want)
+			raise(&c.resent, gaps)
 		}
 	}
 }

@@ -3,8 +3,15 @@ package wire
 import "encoding/json"
 
 // Notification is the payload on sessions/U/S/notify.
+//
+// Prev is the seq sent just before this one on this connection, or the
+// queue's acked seq if none was: the seqs between Prev and Seq were dropped
+// or expired. A device that has not seen Prev missed a notification in
+// transit; it must not ack past the gap and asks for a resend instead
+// (ack with Resend), since acks are cumulative.
 type Notification struct {
 	Seq  uint64          `json:"seq"`
+	Prev uint64          `json:"prev"`
 	Data json.RawMessage `json:"data"`
 	TS   int64           `json:"ts"` // enqueue time, Unix milliseconds
 }

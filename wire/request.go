@@ -36,6 +36,7 @@ type Request struct {
 	Method  string          `json:"method,omitempty"`  // call
 	Args    json.RawMessage `json:"args,omitempty"`    // call
 	Upto    *uint64         `json:"upto,omitempty"`    // ack
+	Resend  bool            `json:"resend,omitempty"`  // ack: send again everything after the acked seq
 	Restore string          `json:"restore,omitempty"` // begin: a sealed snapshot
 }
 

@@ -4,7 +4,11 @@
 // The broker delivers at least once: after a reconnect or a new begin it
 // sends again everything after the last acknowledged seq. So a notification
 // whose seq is not above the highest seen is a duplicate and is dropped.
-// Seqs may skip (an overflow policy dropped some): gaps are not waited for.
+// Seqs may skip (an overflow policy dropped some): each notification's prev
+// is the seq the broker sent before it, so such holes are not waited for.
+// A prev above the highest seen means one was lost in transit: acks being
+// cumulative, nothing after the gap is accepted, and an ack with resend
+// asks the broker for everything after the acked seq again.
 //
 // Acks are cumulative ({"op":"ack","upto":seq} covers every seq up to it) and
 // coalesced: at most one ack is in flight; when it completes, one more is
@@ -15,8 +19,8 @@
 export class Inbox {
   /**
    * @param {object} hooks
-   * @param {(upto: number) => Promise<unknown>} hooks.sendAck
-   * @param {(n: {seq: number, data: unknown, ts?: number}) => (void|Promise<void>)} [hooks.handle]
+   * @param {(upto: number, resend?: boolean) => Promise<unknown>} hooks.sendAck
+   * @param {(n: {seq: number, prev?: number, data: unknown, ts?: number}) => (void|Promise<void>)} [hooks.handle]
    * @param {(upto: number) => void} [hooks.onAcked]
    * @param {(err: Error) => void} [hooks.onError] a handler's error, or an ack's (with op 'ack' and upto)
    * @param {() => boolean} [hooks.canAck] whether an ack can be sent now (an instance is current)
@@ -37,6 +41,7 @@ export class Inbox {
     this.queue = [];
     this.draining = false;
     this.again = false; // a flush was asked for while an ack was in flight
+    this.resending = false; // an ack with resend is in flight
   }
 
   /**
@@ -49,6 +54,10 @@ export class Inbox {
       return false;
     }
     if (n.seq <= this.lastSeen) {
+      return false;
+    }
+    if (Number.isSafeInteger(n.prev) && n.prev > this.lastSeen) {
+      this.resend();
       return false;
     }
     this.lastSeen = n.seq;
@@ -130,6 +139,32 @@ export class Inbox {
         if (this.handled > upto || this.again) {
           this.flush();
         }
+      });
+  }
+
+  /**
+   * resend asks the broker for everything after the acked seq again, once
+   * at a time: what was in transit when it was asked arrives before the
+   * reply and shows the same gap.
+   */
+  resend() {
+    if (this.resending || !this.canAck()) {
+      return; // not begun: the next begin sends everything unacked anyway
+    }
+    this.resending = true;
+    let sent;
+    try {
+      sent = Promise.resolve(this.sendAck(this.acked, true));
+    } catch (err) {
+      sent = Promise.reject(err);
+    }
+    sent
+      .catch((err) => {
+        const e = err instanceof Error ? err : new Error(String(err));
+        this.onError(Object.assign(e, { op: 'ack', upto: this.acked, resend: true }));
+      })
+      .finally(() => {
+        this.resending = false;
       });
   }
 

@@ -193,7 +193,7 @@ export class Client {
 
     this.listeners = new Map();
     this.inbox = new Inbox({
-      sendAck: (upto) => this.sendAck(upto),
+      sendAck: (upto, resend) => this.sendAck(upto, resend),
       canAck: () => this.nonce !== '',
       onAcked: (upto) => this.emit('acked', upto),
       onError: (err) => this.emit('error', err),
@@ -443,6 +443,7 @@ export class Client {
     this.pending.delete(id);
     clearTimeout(p.timer);
     if (!err) {
+      p.onOK?.(ok);
       p.resolve(ok);
       return;
     }
@@ -511,15 +512,17 @@ export class Client {
   /**
    * request publishes one request and resolves with the reply's ok value.
    * resend: safe to send again after a reconnect (everything but begin).
+   * onOK, if given, runs with the ok value as the reply arrives, before any
+   * later message is looked at (a promise's continuation runs later).
    */
-  request(op, fields, resend) {
+  request(op, fields, resend, onOK) {
     if (this.closed) {
       return Promise.reject(new TetherError(Codes.Closed, 'the client is closed'));
     }
     const id = `${this.connId}.${++this.counter}`;
     const payload = JSON.stringify({ id, op, ...fields });
     return new Promise((resolve, reject) => {
-      const p = { payload, nonce: fields.nonce, gen: this.gen, sent: false, resend, resolve, reject };
+      const p = { payload, nonce: fields.nonce, gen: this.gen, sent: false, resend, onOK, resolve, reject };
       p.timer = setTimeout(() => {
         if (this.pending.delete(id)) {
           reject(new TetherError(Codes.Timeout, `${op}: no reply within ${this.opts.requestTimeoutMs} ms`));
@@ -553,14 +556,18 @@ export class Client {
     const snap = this.snapshots.load();
     let b;
     try {
-      b = await this.request('begin', snap ? { restore: snap.blob } : {}, false);
+      // The queued notifications follow the reply, maybe in the same read:
+      // the inbox must know the new instance's acked seq before them.
+      b = await this.request('begin', snap ? { restore: snap.blob } : {}, false, (ok) => {
+        this.nonce = ok.nonce;
+        this.inbox.begun(typeof ok.acked === 'number' ? ok.acked : 0);
+      });
     } catch (err) {
       if (snap && (err.code === Codes.BadRequest || err.code === Codes.TooLarge)) {
         this.snapshots.forget(snap.blob);
       }
       throw err;
     }
-    this.nonce = b.nonce;
     this.nextSeq = b.next_seq;
     this.pace(b.tick_interval_ms, b.liveness_ms);
     this.lastTick = Date.now(); // a reply is a sign of life too
@@ -569,7 +576,6 @@ export class Client {
       this.lost = false;
       this.emit('recovered');
     }
-    this.inbox.begun(typeof b.acked === 'number' ? b.acked : 0);
     return b;
   }
 
@@ -664,11 +670,11 @@ export class Client {
     return t;
   }
 
-  sendAck(upto) {
+  sendAck(upto, resend = false) {
     if (!this.nonce) {
       return Promise.reject(new TetherError(Codes.NotBegun, 'no current instance: begin first'));
     }
-    return this.request('ack', { nonce: this.nonce, upto }, true);
+    return this.request('ack', resend ? { nonce: this.nonce, upto, resend } : { nonce: this.nonce, upto }, true);
   }
 
   /** end closes the instance cleanly; the session's memento is cleared. */

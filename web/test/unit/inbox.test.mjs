@@ -14,8 +14,8 @@ function fakeAcks() {
   const waiting = [];
   return {
     sent,
-    send: (upto) => {
-      sent.push(upto);
+    send: (upto, resend) => {
+      sent.push(resend ? `resend after ${upto}` : upto);
       return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
     },
     complete: async (err) => {
@@ -245,4 +245,51 @@ test('with autoAck off, only ack() acknowledges', async () => {
   assert.deepEqual(acks.sent, []);
   box.ack(2);
   assert.deepEqual(acks.sent, [2]);
+});
+
+test('holes the broker made (prev not above the last seen) are not gaps', async () => {
+  const acks = fakeAcks();
+  const { box, handled } = inbox(acks, { autoAck: false });
+  box.receive({ seq: 1, prev: 0 });
+  box.receive({ seq: 4, prev: 1 }); // 2 and 3 dropped or expired
+  box.receive({ seq: 2, prev: 0 }); // a redelivery
+  await settle();
+  assert.deepEqual(handled, [1, 4]);
+  assert.deepEqual(acks.sent, []);
+});
+
+test('a gap in transit is not acked past: one resend is asked for, then all arrive in order', async () => {
+  const acks = fakeAcks();
+  const { box, handled, errors } = inbox(acks);
+  box.receive({ seq: 1, prev: 0 });
+  await settle();
+  assert.deepEqual(acks.sent, [1]);
+  await acks.complete();
+  box.receive({ seq: 3, prev: 2 }); // 2 never arrived
+  box.receive({ seq: 4, prev: 3 }); // in transit before the resend: the same gap
+  await settle();
+  assert.deepEqual(handled, [1], 'nothing after the gap is handed over');
+  assert.deepEqual(acks.sent, [1, 'resend after 1'], 'one resend while it is in flight');
+  await acks.complete();
+  for (const [seq, prev] of [[2, 1], [3, 2], [4, 3]]) {
+    box.receive({ seq, prev });
+  }
+  await settle();
+  assert.deepEqual(handled, [1, 2, 3, 4]);
+  assert.deepEqual(acks.sent.slice(2), [2], 'coalesced: one ack in flight');
+  await acks.complete();
+  assert.deepEqual(acks.sent.slice(2), [2, 4]);
+  assert.deepEqual(errors, []);
+});
+
+test('a failed resend is reported and the next gap asks again', async () => {
+  const acks = fakeAcks();
+  const { box, errors } = inbox(acks);
+  box.receive({ seq: 2, prev: 1 });
+  await settle();
+  await acks.complete(new Error('timeout'));
+  assert.deepEqual(errors, ['timeout']);
+  box.receive({ seq: 3, prev: 2 });
+  await settle();
+  assert.deepEqual(acks.sent, ['resend after 0', 'resend after 0']);
 });
