@@ -61,7 +61,7 @@ func (o *outbox) replyOn(def, user, name string, req packets.Packet, res wire.Re
 	if rt := req.Properties.ResponseTopic; rt != "" && responseTopicAllowed(user, name, rt) {
 		topic = rt
 	}
-	o.publish(topic, res, 1, false, packets.Properties{CorrelationData: req.Properties.CorrelationData})
+	o.publish(topic, res, 0, false, packets.Properties{CorrelationData: req.Properties.CorrelationData})
 }
 
 // responseTopicAllowed reports whether the broker may answer user's request

@@ -361,7 +361,7 @@ func (c *Client) onConnect(m paho.Client) {
 	}
 	c.mu.Unlock()
 	for _, payload := range again {
-		m.Publish(c.topics.req, 1, false, payload)
+		m.Publish(c.topics.req, 0, false, payload)
 	}
 }
 
@@ -808,7 +808,9 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
-	c.mqtt.Publish(c.topics.req, 1, false, payload) // a drop is covered by onConnect's resend
+	// QoS 0: the reply is the acknowledgement, and a request lost with its
+	// connection is sent again by onConnect (or fails, for a begin).
+	c.mqtt.Publish(c.topics.req, 0, false, payload)
 	select {
 	case res := <-p.done:
 		if res.Error != nil {
