@@ -25,7 +25,8 @@ type access struct {
 	metrics        *metrics
 	log            *slog.Logger
 	srv            *mqtt.Server
-	out            *outbox // replies to requests refused here
+	out            *outbox        // replies to requests refused here
+	acks           *publishQueues // acknowledges refused publishes, shared with sessionHook
 
 	// principals maps each live connection to who it is. Keyed by the
 	// *mqtt.Client, not the client id: a takeover makes a new Client.
@@ -121,7 +122,8 @@ func (h *access) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 }
 
 // OnACLCheck decides subscriptions and deliveries. Publishes are decided in
-// OnPublish, where the reply can follow the protocol version (see deny).
+// OnPublish, where the reply can follow the protocol version (see
+// publishQueues.deny).
 func (h *access) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		return true
@@ -149,7 +151,7 @@ func (h *access) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		}
 	}
 	h.metrics.aclDenied.WithLabelValues("publish").Inc()
-	return pk, deny(cl, pk, packets.ErrNotAuthorized)
+	return pk, h.acks.deny(cl, pk, packets.ErrNotAuthorized)
 }
 
 // checkResponseTopic clears the MQTT 5 response topic of a request that
@@ -204,31 +206,7 @@ func (h *access) refuseBadName(cl *mqtt.Client, p auth.Principal, name string, p
 		h.out.replyOn(wire.SessionTopic(p.User, name, wire.LeafRes), p.User, name, pk, res)
 	}
 	h.log.Info("request on an invalid session name", "client", cl.ID, "user", p.User, "topic", pk.TopicName)
-	return deny(cl, pk, packets.ErrTopicNameInvalid)
+	return h.acks.deny(cl, pk, packets.ErrTopicNameInvalid)
 }
 
 func (h *access) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.principals.Delete(cl) }
-
-// deny returns the OnPublish error that refuses pk without forwarding or
-// retaining it: MQTT 5 QoS>0 publishers get code in their PUBACK (PUBREC
-// at QoS 2); MQTT 3 QoS>0 publishers get a plain PUBACK (3.1.1 has no way
-// to say no short of disconnecting); QoS 0 publishes are simply dropped.
-func deny(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
-	switch {
-	case pk.FixedHeader.Qos == 0:
-		return packets.ErrRejectPacket
-	case cl.Properties.ProtocolVersion == 5:
-		// Sent here rather than by returning code: mochi would send the
-		// same ack but log every one at ERROR with the whole packet, so any
-		// client could flood the log.
-		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID, ReasonCode: code.Code}
-		if pk.FixedHeader.Qos == 2 {
-			ack.FixedHeader.Type = packets.Pubrec
-		}
-		ack.Properties.ReasonString = code.Reason
-		_ = cl.WritePacket(ack) // fails only when the connection is gone
-		return packets.ErrRejectPacket
-	default:
-		return packets.CodeSuccessIgnore
-	}
-}

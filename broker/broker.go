@@ -109,8 +109,9 @@ func Open(cfg Config) (_ *Broker, err error) {
 		}
 		snaps = &snapshots{sealer: sealer, registry: b.registry, store: b.store}
 	}
-	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv, out: out}
-	sessHook := &sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions")}
+	acks := &publishQueues{} // one per broker: accepted and refused publishes share each connection's order
+	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv, out: out, acks: acks}
+	sessHook := &sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions"), acks: acks}
 	b.delivery.subscribed = sessHook.subscribed
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets

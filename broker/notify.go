@@ -34,7 +34,7 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		if err != nil {
 			h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
-			return deny(cl, pk, reasonFor(err))
+			return h.acks.deny(cl, pk, reasonFor(err))
 		}
 		return packets.CodeSuccessIgnore // acknowledged, not forwarded
 	}

@@ -23,8 +23,9 @@ const maxPendingAcks = 1024
 // So the hook hands the publish to the connection's ackQueue: a notify is
 // committed at once (in arrival order, keeping seq order) and acknowledged
 // once durable; a request is run, answered and acknowledged by the queue's
-// drain goroutine, which exists only while there is work. PUBACKs leave in
-// arrival order, as MQTT requires [MQTT-4.6.0-2].
+// drain goroutine, which exists only while there is work; a refused
+// publish (deny) is acknowledged in its turn. PUBACKs leave in arrival
+// order, as MQTT requires [MQTT-4.6.0-2].
 type publishQueues struct {
 	queues sync.Map // *mqtt.Client -> *ackQueue
 }
@@ -34,7 +35,7 @@ type pendingAck struct {
 	pk      packets.Packet
 	run     func() // the request to run before the PUBACK; nil for a notify
 	durable persistence.Durable
-	err     error  // the refusal to report (MQTT 5 reason code)
+	err     error  // the refusal to report: a packets.Code as is, else mapped by reasonFor
 	then    func() // runs once durable, unless refused: start delivering
 }
 
@@ -67,6 +68,34 @@ func (n *publishQueues) push(cl *mqtt.Client, p pendingAck) {
 	if !q.running {
 		q.running = true
 		go q.drain()
+	}
+}
+
+// deny refuses pk without forwarding or retaining it, and returns the
+// error OnPublish must return. A QoS 1 publish is acknowledged by cl's ack
+// queue, behind cl's earlier publishes [MQTT-4.6.0-2]: MQTT 5 publishers
+// get code in the PUBACK, MQTT 3.1.1 ones a plain PUBACK (3.1.1 has no way
+// to say no short of disconnecting). QoS 0 publishes are simply dropped.
+// QoS 2 is answered at once, as its PUBREC handshake stays with mochi:
+// PUBRECs keep their own order [MQTT-4.6.0-3], as every QoS 2 publish is
+// answered on the read goroutine, but may pass queued PUBACKs.
+func (n *publishQueues) deny(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+	// Never refused by returning code: mochi would send the same ack but
+	// log every one at ERROR with the whole packet, so any client could
+	// flood the log.
+	switch {
+	case pk.FixedHeader.Qos == 0:
+		return packets.ErrRejectPacket
+	case pk.FixedHeader.Qos == 1:
+		n.push(cl, pendingAck{pk: pk, err: code})
+		return packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
+	case cl.Properties.ProtocolVersion == 5:
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID, ReasonCode: code.Code}
+		ack.Properties.ReasonString = code.Reason
+		_ = cl.WritePacket(ack) // fails only when the connection is gone
+		return packets.ErrRejectPacket
+	default:
+		return packets.CodeSuccessIgnore
 	}
 }
 
@@ -108,11 +137,12 @@ func (q *ackQueue) drain() {
 	}
 }
 
-// finish waits for p's commit and acknowledges it: success, or (MQTT 5) the
-// refusal's reason code; MQTT 3.1.1 has no negative PUBACK, so a refusal
-// (logged when it happened) is acknowledged like a success. If the sync
-// fails nothing is known to be on disk: MQTT 5 clients get an error, 3.1.1
-// clients no PUBACK, so they send it again after reconnecting.
+// finish runs p's request, waits for its commit and acknowledges it:
+// success, or (MQTT 5) the refusal's reason code; MQTT 3.1.1 has no
+// negative PUBACK, so a refusal (logged when it happened, if at all) is
+// acknowledged like a success. If the sync fails nothing is known to be
+// on disk: MQTT 5 clients get an error, 3.1.1 clients no PUBACK, so they
+// send it again after reconnecting.
 func (q *ackQueue) finish(p pendingAck) {
 	if p.run != nil {
 		p.run()
@@ -131,7 +161,7 @@ func (q *ackQueue) finish(p pendingAck) {
 	switch {
 	case p.err == nil:
 	case q.cl.Properties.ProtocolVersion == 5:
-		code = reasonFor(p.err)
+		code = refusalCode(p.err)
 	case !synced:
 		return
 	}
@@ -144,6 +174,16 @@ func (q *ackQueue) finish(p pendingAck) {
 		ack.Properties.ReasonString = code.Reason
 	}
 	_ = q.cl.WritePacket(ack) // fails only when the connection is gone
+}
+
+// refusalCode is the MQTT 5 reason code that reports err: err itself when
+// it is one (a refusal from deny), else what reasonFor maps it to.
+func refusalCode(err error) packets.Code {
+	var code packets.Code
+	if errors.As(err, &code) {
+		return code
+	}
+	return reasonFor(err)
 }
 
 var errNotDurable = errors.New("broker: the store could not make the notification durable")

@@ -31,7 +31,7 @@ type sessionHook struct {
 	out      *outbox
 	log      *slog.Logger
 
-	acks publishQueues
+	acks *publishQueues // shared with access, so refusals keep their place
 
 	nextConn atomic.Uint64
 	conns    sync.Map // *mqtt.Client -> sessions.Conn
@@ -97,7 +97,7 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return pk, packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
 	case wire.LeafPresence:
 		// Presence is broker-owned; a device speaks to it only through its will.
-		return pk, deny(cl, pk, packets.ErrNotAuthorized)
+		return pk, h.acks.deny(cl, pk, packets.ErrNotAuthorized)
 	}
 	return pk, nil
 }
