@@ -113,6 +113,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 	acc := &access{tokens: b.tokens, allowAnonymous: cfg.AllowAnonymous, metrics: b.metrics, log: log.With("component", "access"), srv: b.srv, out: out, acks: acks}
 	sessHook := &sessionHook{access: acc, registry: b.registry, calls: b.calls, delivery: b.delivery, snaps: snaps, out: out, log: log.With("component", "sessions"), acks: acks}
 	b.delivery.subscribed = sessHook.subscribed
+	acks.commitNotifies = sessHook.commitNotifies
 	hooks := []mqtt.Hook{
 		acc, // first: every later hook sees only permitted packets
 		sessHook,

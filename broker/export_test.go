@@ -5,6 +5,7 @@ import (
 
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
 )
 
 // SetAfterCallCommit installs f as the hook that runs after a call
@@ -62,3 +63,13 @@ func (b *Broker) StoredReply(user, session string, seq uint64) (nonce.Reply, boo
 // vanish on its way to the device: counted as sent, never published. Set
 // it before the first notification.
 func (b *Broker) LoseInTransit(lose func(seq uint64) bool) { b.delivery.lose = lose }
+
+// CommitBatch commits ms to user/session's queue in one transaction, as a
+// run of pipelined notifies is, and waits until it is durable.
+func (b *Broker) CommitBatch(user, session string, ms []queues.Message) ([]queues.Entry, []error, error) {
+	entries, errs, durable, err := b.delivery.commitBatch(user, session, ms)
+	if werr := durable.Wait(); werr != nil {
+		return nil, nil, werr
+	}
+	return entries, errs, err
+}

@@ -38,24 +38,53 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		return packets.CodeSuccessIgnore // acknowledged, not forwarded
 	}
-	// QoS 0 and 1: commit now, in arrival order; acknowledge and deliver
-	// once durable, while the connection's next publishes are committed.
-	var (
-		notified []string
-		durable  persistence.Durable
-	)
-	if err == nil {
-		notified, durable, err = h.delivery.commitMatching(user, target, m)
-	}
+	// QoS 0 and 1: committed by the connection's ack queue, in arrival
+	// order (runs of notifies to one session in one transaction), and
+	// acknowledged and delivered once durable, while the read goroutine
+	// goes on reading.
 	if err != nil {
 		h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
+		h.acks.push(cl, pendingAck{pk: pk, err: err})
+	} else {
+		h.acks.push(cl, pendingAck{pk: pk, notify: &notifyJob{user: user, target: target, m: m}})
 	}
-	h.acks.push(cl, pendingAck{pk: pk, durable: durable, err: err, then: func() {
-		for _, name := range notified {
-			h.delivery.kick(user, name)
-		}
-	}})
 	return packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
+}
+
+// commitNotifies commits a run of notifies from one connection (see
+// publishQueues.commitNotifies): one transaction for a run to one
+// session, commitMatching for a pattern.
+func (h *sessionHook) commitNotifies(run []pendingAck) {
+	j := run[0].notify
+	if !wire.ValidName(j.target) { // a pattern, or every session: a run of one
+		notified, durable, err := h.delivery.commitMatching(j.user, j.target, j.m)
+		run[0].durable, run[0].err, run[0].then = durable, err, func() {
+			for _, name := range notified {
+				h.delivery.kick(j.user, name)
+			}
+		}
+		h.logRefusal(run[0])
+		return
+	}
+	ms := make([]queues.Message, len(run))
+	for i, p := range run {
+		ms[i] = p.notify.m
+	}
+	_, errs, durable, err := h.delivery.commitBatch(j.user, j.target, ms)
+	kick := func() { h.delivery.kick(j.user, j.target) }
+	for i := range run {
+		run[i].durable, run[i].err, run[i].then = durable, errs[i], kick
+		if err != nil {
+			run[i].err = err
+		}
+		h.logRefusal(run[i])
+	}
+}
+
+func (h *sessionHook) logRefusal(p pendingAck) {
+	if p.err != nil {
+		h.log.Info("notify refused", "topic", p.pk.TopicName, "error", p.err)
+	}
 }
 
 func reasonFor(err error) packets.Code {

@@ -8,6 +8,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
+	"github.com/f47fa0da/tether/wire"
 )
 
 // maxPendingAcks bounds the publishes one connection may have read but not
@@ -28,21 +30,44 @@ const maxPendingAcks = 1024
 // order, as MQTT requires [MQTT-4.6.0-2].
 type publishQueues struct {
 	queues sync.Map // *mqtt.Client -> *ackQueue
+	// commitNotifies commits a run of notifies, consecutive publishes of
+	// one connection (several only when they all go to one session's
+	// queue: one transaction), setting each one's durable, err and then.
+	commitNotifies func(run []pendingAck)
 }
 
 // pendingAck is one publish waiting to be acknowledged.
 type pendingAck struct {
 	pk      packets.Packet
-	run     func() // the request to run before the PUBACK; nil for a notify
+	run     func()     // the request to run before the PUBACK
+	notify  *notifyJob // the notify to commit before the PUBACK
 	durable persistence.Durable
 	err     error  // the refusal to report: a packets.Code as is, else mapped by reasonFor
 	then    func() // runs once durable, unless refused: start delivering
 }
 
+// notifyJob is a notify waiting in its connection's ack queue to be
+// committed: m for user's session target (a name, a pattern, or "" for
+// every session).
+type notifyJob struct {
+	user, target string
+	m            queues.Message
+}
+
+// joins reports whether o may share j's transaction: both go to the
+// same single session.
+func (j *notifyJob) joins(o *notifyJob) bool {
+	return o != nil && j.user == o.user && j.target == o.target && wire.ValidName(j.target)
+}
+
+// maxNotifyRun bounds the notifies committed in one transaction.
+const maxNotifyRun = 64
+
 // ackQueue holds one connection's pending acks in arrival order; a drain
 // goroutine runs while it is not empty.
 type ackQueue struct {
 	cl      *mqtt.Client
+	commit  func(run []pendingAck) // publishQueues.commitNotifies
 	mu      sync.Mutex
 	room    sync.Cond
 	pending []pendingAck
@@ -54,7 +79,7 @@ type ackQueue struct {
 func (n *publishQueues) push(cl *mqtt.Client, p pendingAck) {
 	v, ok := n.queues.Load(cl)
 	if !ok {
-		q := &ackQueue{cl: cl}
+		q := &ackQueue{cl: cl, commit: n.commitNotifies}
 		q.room.L = &q.mu
 		v, _ = n.queues.LoadOrStore(cl, q)
 	}
@@ -129,11 +154,25 @@ func (q *ackQueue) drain() {
 			q.mu.Unlock()
 			return
 		}
-		p := q.pending[0]
-		q.pending = q.pending[1:]
-		q.room.Signal()
+		// A notify takes the notifies to the same session queued right
+		// behind it into its transaction: a notifier that keeps many
+		// publishes in flight pays one commit for them, not one each.
+		n := 1
+		if j := q.pending[0].notify; j != nil {
+			for n < len(q.pending) && n < maxNotifyRun && j.joins(q.pending[n].notify) {
+				n++
+			}
+		}
+		run := q.pending[:n:n] // push appends only beyond q.pending: run stays as is
+		q.pending = q.pending[n:]
+		q.room.Broadcast()
 		q.mu.Unlock()
-		q.finish(p)
+		if run[0].notify != nil {
+			q.commit(run)
+		}
+		for _, p := range run {
+			q.finish(p)
+		}
 	}
 }
 

@@ -121,25 +121,60 @@ func (d *delivery) enqueue(user, session string, m queues.Message) (queues.Entry
 // nothing about it may leave the broker (a PUBACK, a delivery) before
 // the returned Durable is waited on.
 func (d *delivery) commit(user, session string, m queues.Message) (queues.Entry, persistence.Durable, error) {
-	var entry queues.Entry
+	entries, errs, durable, err := d.commitBatch(user, session, []queues.Message{m})
+	if err == nil {
+		err = errs[0]
+	}
+	return entries[0], durable, err
+}
+
+// commitBatch adds ms to user/session's queue in one transaction, in
+// order, without waiting for durability (see commit). A message the queue
+// refuses (full, too large, invalid) gets its error in errs and changes
+// nothing; err fails the whole batch, which then changed nothing. When
+// every message is refused nothing is committed (not even a new session).
+func (d *delivery) commitBatch(user, session string, ms []queues.Message) ([]queues.Entry, []error, persistence.Durable, error) {
+	entries, errs := make([]queues.Entry, len(ms)), make([]error, len(ms))
 	durable, err := d.registry.Commit(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
-		e, drops, err := queues.Enqueue(tx, user, session, m, d.limitsFor(session), time.Now())
-		if err != nil {
-			return sessions.Change{}, err
+		clear(entries) // afresh on every attempt: a conflict retries this function
+		clear(errs)
+		now, refused := time.Now(), 0
+		var events []sessions.Event
+		for i, m := range ms {
+			e, drops, err := queues.Enqueue(tx, user, session, m, d.limitsFor(session), now)
+			if err != nil {
+				if queueErrorCode(err) == wire.CodeInternal {
+					return sessions.Change{}, err
+				}
+				errs[i], refused = err, refused+1
+				continue
+			}
+			entries[i] = e
+			events = append(events, d.dropEvents(drops)...)
 		}
-		entry = e
-		events := d.dropEvents(drops)
+		if refused == len(ms) {
+			return sessions.Change{}, errAllRefused
+		}
 		return sessions.Change{Changed: len(events) > 0, Events: events}, nil
 	})
-	if err != nil {
-		d.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
-		return queues.Entry{}, durable, err
+	if errors.Is(err, errAllRefused) {
+		err = nil
 	}
-	if entry.Seq != 0 {
-		d.metrics.enqueued.Inc()
+	for i := range ms {
+		switch {
+		case err != nil:
+			d.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
+		case errs[i] != nil:
+			d.metrics.rejected.WithLabelValues(string(queueErrorCode(errs[i]))).Inc()
+		case entries[i].Seq != 0:
+			d.metrics.enqueued.Inc()
+		}
 	}
-	return entry, durable, nil
+	return entries, errs, durable, err
 }
+
+// errAllRefused aborts a batch whose every message was refused.
+var errAllRefused = errors.New("broker: every message of the batch was refused")
 
 // ack removes user/session's entries up to upto under the current
 // instance, journals it, and sends what the window now allows. With

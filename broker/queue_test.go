@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
@@ -194,6 +195,40 @@ func TestBeginHoldSurvivesOtherDevicesRequests(t *testing.T) {
 	seqs, data := receive(t, bdev, 1)
 	require.Equal(t, []uint64{1}, seqs)
 	require.Equal(t, []string{`"after the takeover"`}, data)
+}
+
+// A run of pipelined notifies to one session commits in one transaction:
+// each message the queue refuses gets its own error and changes nothing,
+// the others are queued in order, and a run refused whole stores nothing,
+// not even a new session.
+func TestNotifyRunCommitsTogether(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.QueueRules = []broker.QueueRule{{Pattern: "strict*", Limits: queues.Limits{MaxMessages: 3, MaxBytes: 64, Policy: queues.Reject}}}
+	b := brokertest.Start(t, cfg)
+	msg := func(data string) queues.Message { return queues.Message{Data: json.RawMessage(data)} }
+	big := msg(`"` + strings.Repeat("x", 100) + `"`)
+
+	entries, errs, err := b.CommitBatch("alice", "strict", []queues.Message{msg("1"), big, msg("2"), msg("3"), msg("4")})
+	require.NoError(t, err)
+	require.Equal(t, []uint64{1, 0, 2, 3, 0}, []uint64{entries[0].Seq, entries[1].Seq, entries[2].Seq, entries[3].Seq, entries[4].Seq})
+	require.ErrorIs(t, errs[1], queues.ErrTooLarge)
+	require.ErrorIs(t, errs[4], queues.ErrFull)
+	require.NoError(t, errors.Join(errs[0], errs[2], errs[3]))
+	out, err := b.Outq("alice", "strict", 0)
+	require.NoError(t, err)
+	require.Len(t, out, 3)
+	for i, e := range out {
+		require.Equal(t, uint64(i+1), e.Seq)
+		require.Equal(t, strconv.Itoa(i+1), string(e.Data))
+	}
+
+	_, errs, err = b.CommitBatch("alice", "strict-new", []queues.Message{big, big})
+	require.NoError(t, err)
+	require.ErrorIs(t, errs[0], queues.ErrTooLarge)
+	require.ErrorIs(t, errs[1], queues.ErrTooLarge)
+	list, err := b.SessionsOf("alice")
+	require.NoError(t, err)
+	require.Len(t, list, 1, "the refused run created no session: %v", list)
 }
 
 func TestQueuePoliciesEndToEnd(t *testing.T) {
