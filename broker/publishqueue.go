@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -71,15 +72,23 @@ type ackQueue struct {
 	mu      sync.Mutex
 	room    sync.Cond
 	pending []pendingAck
-	running bool
+	running bool          // a drain goroutine exists
+	idle    bool          // it lingers with nothing to do, waiting for wake
+	wake    chan struct{} // capacity 1: push wakes a lingering drain
 }
+
+// drainLinger is how long a drain goroutine waits for more work before it
+// ends: a device making calls back to back keeps one goroutine (whose
+// stack has grown to what a request needs) instead of starting one per
+// request, while an idle connection keeps none.
+const drainLinger = 50 * time.Millisecond
 
 // push queues p behind cl's earlier publishes, waiting while the
 // connection has maxPendingAcks outstanding.
 func (n *publishQueues) push(cl *mqtt.Client, p pendingAck) {
 	v, ok := n.queues.Load(cl)
 	if !ok {
-		q := &ackQueue{cl: cl, commit: n.commitNotifies}
+		q := &ackQueue{cl: cl, commit: n.commitNotifies, wake: make(chan struct{}, 1)}
 		q.room.L = &q.mu
 		v, _ = n.queues.LoadOrStore(cl, q)
 	}
@@ -90,9 +99,16 @@ func (n *publishQueues) push(cl *mqtt.Client, p pendingAck) {
 		q.room.Wait()
 	}
 	q.pending = append(q.pending, p)
-	if !q.running {
+	switch {
+	case !q.running:
 		q.running = true
 		go q.drain()
+	case q.idle:
+		q.idle = false
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -135,7 +151,7 @@ func (n *publishQueues) settle(cl *mqtt.Client) {
 	}
 	q := v.(*ackQueue)
 	q.mu.Lock()
-	for q.running {
+	for q.running && !q.idle {
 		q.room.Wait()
 	}
 	q.mu.Unlock()
@@ -145,14 +161,26 @@ func (n *publishQueues) settle(cl *mqtt.Client) {
 func (n *publishQueues) forget(cl *mqtt.Client) { n.queues.Delete(cl) }
 
 func (q *ackQueue) drain() {
+	linger := time.NewTimer(drainLinger)
+	defer linger.Stop()
 	for {
 		q.mu.Lock()
 		if len(q.pending) == 0 {
-			q.running = false
 			q.pending = nil    // let a burst's backing array go
 			q.room.Broadcast() // wake settle
+			if q.idle {        // lingered for nothing: end
+				q.running, q.idle = false, false
+				q.mu.Unlock()
+				return
+			}
+			q.idle = true
 			q.mu.Unlock()
-			return
+			linger.Reset(drainLinger)
+			select {
+			case <-q.wake:
+			case <-linger.C:
+			}
+			continue
 		}
 		// A notify takes the notifies to the same session queued right
 		// behind it into its transaction: a notifier that keeps many
