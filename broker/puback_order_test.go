@@ -3,9 +3,7 @@ package broker_test
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/internal/brokertest"
+	"github.com/f47fa0da/tether/internal/mqttread"
 )
 
 // TestPubacksInPublishOrder pipelines QoS 1 publishes of a service, without
@@ -147,48 +146,8 @@ func (c *rawMQTT) write(b []byte) {
 // read returns the next packet, which must be of type want.
 func (c *rawMQTT) read(want byte) packets.Packet {
 	c.t.Helper()
-	pk, err := c.next()
+	pk, err := mqttread.Packet(c.r, c.version)
 	require.NoError(c.t, err)
 	require.Equal(c.t, packets.PacketNames[want], packets.PacketNames[pk.FixedHeader.Type], "packet type")
 	return pk
-}
-
-// next reads and decodes one CONNACK, PUBACK or DISCONNECT.
-func (c *rawMQTT) next() (packets.Packet, error) {
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	pk := packets.Packet{ProtocolVersion: c.version}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, mul := 0, 1
-	for i := 0; ; i++ {
-		b, err := c.r.ReadByte()
-		if err != nil {
-			return pk, err
-		}
-		n += int(b&0x7f) * mul
-		if b&0x80 == 0 {
-			break
-		}
-		if mul *= 128; i == 3 {
-			return pk, errors.New("malformed remaining length")
-		}
-	}
-	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	}
-	return pk, err
 }

@@ -5,15 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/f47fa0da/tether/internal/mqttread"
 	"github.com/f47fa0da/tether/wire"
 )
 
@@ -91,7 +90,7 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 	r := bufio.NewReaderSize(s.conn, 1024)
 	res := wire.SessionTopic(user, session, wire.LeafRes)
 	for {
-		pk, err := readPacket(r)
+		pk, err := mqttread.Packet(r, 4)
 		if err != nil {
 			return fmt.Errorf("%s: %w", user, err)
 		}
@@ -128,47 +127,6 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 			return nil
 		}
 	}
-}
-
-// readPacket reads one MQTT 3.1.1 packet of the kinds a device receives.
-func readPacket(r *bufio.Reader) (packets.Packet, error) {
-	hb, err := r.ReadByte()
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	pk := packets.Packet{ProtocolVersion: 4}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, mul := 0, 1
-	for i := 0; ; i++ {
-		b, err := r.ReadByte()
-		if err != nil {
-			return pk, err
-		}
-		n += int(b&0x7f) * mul
-		if b&0x80 == 0 {
-			break
-		}
-		if mul *= 128; i == 3 {
-			return pk, errors.New("malformed remaining length")
-		}
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return pk, err
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	}
-	return pk, err
 }
 
 func (s *lightSession) close() { _ = s.conn.Close() }
