@@ -30,6 +30,7 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if pk.FixedHeader.Qos == 2 { // exactly-once publish handshakes stay with mochi
 		if err == nil {
+			h.acks.settle(cl) // after the QoS 0 and 1 notifies before it: seq order is arrival order
 			_, err = h.delivery.notifyMatching(user, target, m)
 		}
 		if err != nil {

@@ -472,6 +472,27 @@ func TestNotifyPipelinedRefusalsInOrder(t *testing.T) {
 	require.Len(t, out, 2)
 }
 
+// TestNotifyQoS2: an exactly-once notify is committed once, in order,
+// through mochi's PUBREC/PUBREL handshake.
+func TestNotifyQoS2(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	host, port, _ := strings.Cut(b.Addrs().MQTT, ":")
+	for _, v := range []string{"mqttv311", "5"} {
+		cmd := exec.Command("mosquitto_pub", "-h", host, "-p", port, "-u", "app", "-P", brokertest.Token(t, b, "app", auth.RoleService),
+			"-V", v, "-q", "2", "-l", "-t", "tether/notify/alice/exact")
+		cmd.Stdin = strings.NewReader(`{"data":1}` + "\n" + `{"data":2}` + "\n")
+		got, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", got)
+	}
+	out, err := b.Outq("alice", "exact", 0)
+	require.NoError(t, err)
+	var data []string
+	for _, e := range out {
+		data = append(data, string(e.Data))
+	}
+	require.Equal(t, []string{"1", "2", "1", "2"}, data)
+}
+
 // TestDeliveryWaitsForSubscription: a device that begins (or comes back)
 // before it has subscribed to its notify topic gets its queued
 // notifications once it subscribes. Sent before, they would reach no one,

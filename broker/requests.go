@@ -88,6 +88,7 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	switch leaf {
 	case wire.LeafReq:
 		if pk.FixedHeader.Qos == 2 { // exactly-once publish handshakes stay with mochi
+			h.acks.settle(cl) // after the requests before it
 			h.request(cl, user, name, pk)
 			return pk, packets.CodeSuccessIgnore
 		}
