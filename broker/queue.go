@@ -138,10 +138,14 @@ func (d *delivery) commitBatch(user, session string, ms []queues.Message) ([]que
 	durable, err := d.registry.Commit(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
 		clear(entries) // afresh on every attempt: a conflict retries this function
 		clear(errs)
-		now, refused := time.Now(), 0
+		run, err := queues.NewRun(tx, user, session)
+		if err != nil {
+			return sessions.Change{}, err
+		}
+		now, refused, limits := time.Now(), 0, d.limitsFor(session)
 		var events []sessions.Event
 		for i, m := range ms {
-			e, drops, err := queues.Enqueue(tx, user, session, m, d.limitsFor(session), now)
+			e, drops, err := run.Enqueue(m, limits, now)
 			if err != nil {
 				if queueErrorCode(err) == wire.CodeInternal {
 					return sessions.Change{}, err
@@ -155,7 +159,7 @@ func (d *delivery) commitBatch(user, session string, ms []queues.Message) ([]que
 		if refused == len(ms) {
 			return sessions.Change{}, errAllRefused
 		}
-		return sessions.Change{Changed: len(events) > 0, Events: events}, nil
+		return sessions.Change{Changed: len(events) > 0, Events: events}, run.Close()
 	})
 	if errors.Is(err, errAllRefused) {
 		err = nil

@@ -31,18 +31,58 @@ import (
 // is ErrBadMessage. Data is stored compacted, and its compacted length is
 // what counts against MaxBytes. Times are stored in UTC.
 func Enqueue(tx persistence.Txn, user, session string, m Message, def Limits, now time.Time) (Entry, []Drop, error) {
-	q, err := open(user, session)
+	r, err := NewRun(tx, user, session)
 	if err != nil {
 		return Entry{}, nil, err
 	}
+	e, drops, err := r.Enqueue(m, def, now)
+	if err != nil {
+		return Entry{}, nil, err
+	}
+	return e, drops, r.Close()
+}
+
+// Run enqueues messages to one queue within one transaction, as Enqueue
+// does one by one, but reads the queue's state once and writes it once
+// (Close). A message refused with ErrFull, ErrTooLarge or ErrBadMessage
+// changes nothing and the run goes on; after any other error the
+// transaction must be discarded.
+type Run struct {
+	tx    persistence.Txn
+	q     queue
+	st    state
+	dirty bool
+}
+
+// NewRun starts a run on user/session's queue in tx.
+func NewRun(tx persistence.Txn, user, session string) (*Run, error) {
+	q, err := open(user, session)
+	if err != nil {
+		return nil, err
+	}
+	st, err := loadState(tx, q)
+	if err != nil {
+		return nil, err
+	}
+	return &Run{tx: tx, q: q, st: st}, nil
+}
+
+// Close writes the queue's state if the run changed it.
+func (r *Run) Close() error {
+	if !r.dirty {
+		return nil
+	}
+	r.dirty = false
+	return saveState(r.tx, r.q, r.st)
+}
+
+// Enqueue is the package's Enqueue within the run.
+func (r *Run) Enqueue(m Message, def Limits, now time.Time) (Entry, []Drop, error) {
 	if err := m.Validate(); err != nil {
 		return Entry{}, nil, err
 	}
+	tx, q, st := r.tx, r.q, r.st // st is kept only if m is taken (or dropped by policy)
 	data := compactData(m.Data)
-	st, err := loadState(tx, q)
-	if err != nil {
-		return Entry{}, nil, err
-	}
 	lim := st.EffectiveLimits(def)
 	if err := lim.Validate(); err != nil {
 		return Entry{}, nil, err
@@ -60,7 +100,10 @@ func Enqueue(tx persistence.Txn, user, session string, m Message, def Limits, no
 
 	// Work out what must leave for e to fit before writing anything, so
 	// that reject can refuse with nothing changed.
-	var same *held
+	var (
+		same *held
+		err  error
+	)
 	if m.Key != "" {
 		if same, err = lookupKey(tx, q, m.Key); err != nil {
 			return Entry{}, nil, err
@@ -104,9 +147,7 @@ func Enqueue(tx persistence.Txn, user, session string, m Message, def Limits, no
 		}
 		st.NextSeq++
 		st.dropped(ReasonOverflowNewest)
-		if err := saveState(tx, q, st); err != nil {
-			return Entry{}, nil, err
-		}
+		r.st, r.dirty = st, true
 		return Entry{}, append(drops, Drop{Seq: e.Seq, Reason: ReasonOverflowNewest, Key: e.Key}), nil
 	}
 	if same != nil {
@@ -150,9 +191,7 @@ func Enqueue(tx persistence.Txn, user, session string, m Message, def Limits, no
 	st.NextSeq++
 	st.Count++
 	st.Bytes += len(data)
-	if err := saveState(tx, q, st); err != nil {
-		return Entry{}, nil, err
-	}
+	r.st, r.dirty = st, true
 	return e, drops, nil
 }
 

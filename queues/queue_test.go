@@ -477,3 +477,46 @@ func TestCorruptMetaIsReported(t *testing.T) {
 		require.ErrorIs(t, err, queues.ErrCorrupt, v)
 	}
 }
+
+// A Run enqueues many messages in one transaction with one state write,
+// and ends up where the same Enqueues one by one would: refusals change
+// nothing, collapses and overflow drops apply within the run.
+func TestRunMatchesEnqueues(t *testing.T) {
+	lim := limits(3, 1000, queues.DropOldest)
+	keyed := func(n int, key string) queues.Message { m := msg(n); m.Key = key; return m }
+	ms := []queues.Message{msg(1), keyed(2, "k"), sized(2000), keyed(3, "k"), msg(4), msg(5)}
+
+	one := openStore(t)
+	for _, m := range ms {
+		require.NoError(t, one.Update(func(tx persistence.Txn) error {
+			_, _, err := queues.Enqueue(tx, user, sess, m, lim, t0)
+			if errors.Is(err, queues.ErrTooLarge) {
+				return nil
+			}
+			return err
+		}))
+	}
+
+	run := openStore(t)
+	var drops []queues.Drop
+	update(t, run, func(tx persistence.Txn) error {
+		r, err := queues.NewRun(tx, user, sess)
+		if err != nil {
+			return err
+		}
+		for i, m := range ms {
+			_, d, err := r.Enqueue(m, lim, t0)
+			if i == 2 {
+				require.ErrorIs(t, err, queues.ErrTooLarge)
+				continue
+			}
+			require.NoError(t, err)
+			drops = append(drops, d...)
+		}
+		return r.Close()
+	})
+	require.Equal(t, []queues.Drop{{Seq: 2, Reason: queues.ReasonCollapsed, Key: "k"}, {Seq: 1, Reason: queues.ReasonOverflowOldest}}, drops)
+	require.Equal(t, readAll(t, one, t0), readAll(t, run, t0))
+	require.Equal(t, getMeta(t, one), getMeta(t, run))
+	checkInvariants(t, run)
+}
