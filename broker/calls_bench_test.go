@@ -78,6 +78,7 @@ func benchmarkCalls(b *testing.B, sessions int, userEach bool) {
 		latency = make([][]time.Duration, sessions)
 	)
 	b.ReportAllocs()
+	c0, s0 := br.StoreStats()
 	b.ResetTimer()
 	start := time.Now()
 	for i, d := range devs {
@@ -100,6 +101,9 @@ func benchmarkCalls(b *testing.B, sessions int, userEach bool) {
 	if err := failed.Load(); err != nil {
 		b.Fatal(err)
 	}
+	c1, s1 := br.StoreStats()
+	b.ReportMetric(float64(s1-s0)/elapsed.Seconds(), "syncs/s")
+	b.ReportMetric(float64(c1-c0)/float64(max(1, s1-s0)), "commits/sync")
 	all := slices.Concat(latency...)
 	slices.Sort(all)
 	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "calls/s")

@@ -73,3 +73,6 @@ func (b *Broker) CommitBatch(user, session string, ms []queues.Message) ([]queue
 	}
 	return entries, errs, err
 }
+
+// StoreStats reports the store's commits and sync rounds so far.
+func (b *Broker) StoreStats() (commits, syncs uint64) { return b.store.Stats() }
