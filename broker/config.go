@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/f47fa0da/tether/nonce"
@@ -110,6 +111,17 @@ type ConfigError struct {
 
 func (e *ConfigError) Error() string { return e.Field + ": " + e.Msg }
 
+// limitsField names the field of invalid limits l that is wrong.
+func limitsField(l queues.Limits) string {
+	switch {
+	case l.MaxMessages < 1:
+		return "QueueLimits.MaxMessages"
+	case l.MaxBytes < 1:
+		return "QueueLimits.MaxBytes"
+	}
+	return "QueueLimits.Policy"
+}
+
 func configErrorf(field, format string, a ...any) error {
 	return &ConfigError{Field: field, Msg: fmt.Sprintf(format, a...)}
 }
@@ -167,7 +179,7 @@ func (c Config) Validate() error {
 		return configErrorf("GCInterval", "must be positive, got %s", c.GCInterval)
 	}
 	if err := c.QueueLimits.Validate(); err != nil {
-		return configErrorf("QueueLimits", "%v", err)
+		return configErrorf(limitsField(c.QueueLimits), "%s", strings.TrimPrefix(err.Error(), queues.ErrInvalid.Error()+": "))
 	}
 	for i, r := range c.QueueRules {
 		if _, err := path.Match(r.Pattern, ""); err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/f47fa0da/tether/broker"
+	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/snapshot"
 	"github.com/f47fa0da/tether/web"
@@ -59,6 +61,11 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&b.Sessions.SweepInterval, "sweep-interval", b.Sessions.SweepInterval, "how often silent sessions are detached and idle ones leave memory")
 	fs.DurationVar(&b.Sessions.DefaultPolicy.Liveness, "liveness", b.Sessions.DefaultPolicy.Liveness, "how long an active session may stay silent before the sweep detaches it")
 	fs.Var(rulesValue{&b.Sessions.Rules}, "policies", `session policies by name pattern: "pattern=mode[/window[/liveness]],…", e.g. "quiz*=exclusive/60m"`)
+	fs.IntVar(&b.QueueLimits.MaxMessages, "queue-max", b.QueueLimits.MaxMessages, "notifications a session's queue holds (1 keeps only the latest)")
+	fs.IntVar(&b.QueueLimits.MaxBytes, "queue-max-bytes", b.QueueLimits.MaxBytes, "bytes of notification data a session's queue holds")
+	fs.Var(policyValue{&b.QueueLimits.Policy}, "queue-policy", "what a full queue does with a new notification: drop_oldest, drop_newest or reject")
+	fs.Var(queueRulesValue{&b.QueueRules}, "queue-rules", `queue limits by session name pattern: "pattern=max[/max-bytes[/policy]],…", e.g. "gps*=1,inbox*=10000/4194304/reject"`)
+	fs.IntVar(&b.DeliveryWindow, "delivery-window", b.DeliveryWindow, "notifications sent to a device and not yet acknowledged, at most")
 	fs.IntVar(&b.Sessions.Retention.MaxEvents, "journal-max-events", b.Sessions.Retention.MaxEvents, "journal events kept per session")
 	fs.DurationVar(&b.Sessions.Retention.MaxAge, "journal-max-age", b.Sessions.Retention.MaxAge, "journal events older than this are dropped (0 keeps them)")
 	fs.Var(snapshotKeysValue{&b.SnapshotKeys}, "snapshot-keys", `session snapshot keys: a file of "ID:HEX" lines, or the keys inline ("ID:HEX,…"); the first seals, all open; empty: snapshots off`)
@@ -113,6 +120,15 @@ func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (strin
 	if err != nil {
 		return nil, err
 	}
+	for i := range c.broker.QueueRules { // rules without bytes or a policy inherit --queue-max-bytes and --queue-policy
+		r := &c.broker.QueueRules[i]
+		if r.Limits.MaxBytes == 0 {
+			r.Limits.MaxBytes = c.broker.QueueLimits.MaxBytes
+		}
+		if r.Limits.Policy == "" {
+			r.Limits.Policy = c.broker.QueueLimits.Policy
+		}
+	}
 	for i := range c.broker.Sessions.Rules { // rules without a liveness inherit --liveness
 		if c.broker.Sessions.Rules[i].Policy.Liveness == 0 {
 			c.broker.Sessions.Rules[i].Policy.Liveness = c.broker.Sessions.DefaultPolicy.Liveness
@@ -139,6 +155,8 @@ var flagOf = map[string]string{
 	"Sessions.DefaultPolicy.Liveness": "liveness", "Sessions.Rules": "policies",
 	"Sessions.Retention.MaxEvents": "journal-max-events", "Sessions.Retention.MaxAge": "journal-max-age",
 	"SnapshotKeys": "snapshot-keys", "SnapshotTTL": "snapshot-ttl",
+	"QueueLimits.MaxMessages": "queue-max", "QueueLimits.MaxBytes": "queue-max-bytes", "QueueLimits.Policy": "queue-policy",
+	"QueueRules": "queue-rules", "DeliveryWindow": "delivery-window",
 }
 
 // flagName is the flag of a broker.Config field: its own, or that of the
@@ -380,6 +398,80 @@ func (v rulesValue) Set(s string) error {
 				return fmt.Errorf("%q: %s %s", item, strings.ToLower(strings.TrimPrefix(ce.Field, "Policy.")), ce.Msg)
 			}
 			return fmt.Errorf("%q: %v", item, err)
+		}
+		*v.p = append(*v.p, r)
+	}
+	return nil
+}
+
+// policyValue is a queue overflow policy, checked when set.
+type policyValue struct{ p *queues.Policy }
+
+func (v policyValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return string(*v.p)
+}
+
+func (v policyValue) Set(s string) error {
+	p := queues.Policy(strings.TrimSpace(s))
+	if err := (queues.Limits{MaxMessages: 1, MaxBytes: 1, Policy: p}).Validate(); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), queues.ErrInvalid.Error()+": "))
+	}
+	*v.p = p
+	return nil
+}
+
+// queueRulesValue parses queue limits by session name pattern:
+// "pattern=max[/max-bytes[/policy]]" separated by commas; a rule without
+// max-bytes or policy takes --queue-max-bytes and --queue-policy after
+// parsing. Each Set replaces the list.
+type queueRulesValue struct{ p *[]broker.QueueRule }
+
+func (v queueRulesValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	parts := make([]string, len(*v.p))
+	for i, r := range *v.p {
+		parts[i] = fmt.Sprintf("%s=%d/%d/%s", r.Pattern, r.Limits.MaxMessages, r.Limits.MaxBytes, r.Limits.Policy)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (v queueRulesValue) Set(s string) error {
+	*v.p = nil
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		pattern, spec, ok := strings.Cut(item, "=")
+		if !ok || pattern == "" {
+			return fmt.Errorf("%q: want pattern=max[/max-bytes[/policy]]", item)
+		}
+		if _, err := path.Match(pattern, ""); err != nil {
+			return fmt.Errorf("%q: pattern: %v", item, err)
+		}
+		fields := strings.Split(spec, "/")
+		if len(fields) > 3 {
+			return fmt.Errorf("%q: too many /-separated fields", item)
+		}
+		r := broker.QueueRule{Pattern: pattern}
+		for i, dst := range []*int{&r.Limits.MaxMessages, &r.Limits.MaxBytes} {
+			if i >= len(fields) || (i > 0 && fields[i] == "") {
+				continue
+			}
+			n, err := strconv.Atoi(fields[i])
+			if err != nil || n < 1 {
+				return fmt.Errorf("%q: %s %q is not a positive number", item, []string{"max", "max-bytes"}[i], fields[i])
+			}
+			*dst = n
+		}
+		if len(fields) == 3 && fields[2] != "" {
+			if err := (policyValue{&r.Limits.Policy}).Set(fields[2]); err != nil {
+				return fmt.Errorf("%q: %v", item, err)
+			}
 		}
 		*v.p = append(*v.p, r)
 	}

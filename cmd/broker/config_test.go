@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/broker"
+	"github.com/f47fa0da/tether/queues"
 )
 
 // env is a fake environment for loadServeConfig.
@@ -214,6 +215,16 @@ func TestServeConfigBadValues(t *testing.T) {
 		{"policy mode", []string{"--policies", "quiz*=sometimes"}, nil, "", []string{"policies", "mode", "sometimes"}, true},
 		{"policy pattern", []string{"--policies", "[=exclusive"}, nil, "", []string{"policies", "pattern"}, true},
 		{"policy negative window", []string{"--policies", "quiz*=exclusive/-1m"}, nil, "", []string{"policies", "window", "negative"}, true},
+		{"queue policy", []string{"--queue-policy", "drop_all"}, nil, "", []string{"queue-policy", "drop_all", "reject"}, true},
+		{"zero queue max", []string{"--queue-max", "0"}, nil, "", []string{"queue-max", "at least 1"}, false},
+		{"yaml queue bytes", nil, nil, "queue_max_bytes: -1\n", []string{"queue-max-bytes", "at least 1"}, false},
+		{"queue rule without max", []string{"--queue-rules", "gps*="}, nil, "", []string{"queue-rules", "gps*=", "max"}, true},
+		{"queue rule zero", []string{"--queue-rules", "gps*=0"}, nil, "", []string{"queue-rules", "positive"}, true},
+		{"queue rule pattern", []string{"--queue-rules", "[=1"}, nil, "", []string{"queue-rules", "pattern"}, true},
+		{"queue rule policy", []string{"--queue-rules", "gps*=1/10/keep"}, nil, "", []string{"queue-rules", "keep"}, true},
+		{"queue rule fields", []string{"--queue-rules", "gps*=1/2/reject/4"}, nil, "", []string{"queue-rules", "too many"}, true},
+		{"zero delivery window", []string{"--delivery-window", "0"}, nil, "", []string{"delivery-window", "1..1000"}, false},
+		{"delivery window over writes", []string{"--delivery-window", "100"}, nil, "", []string{"max-writes-pending", "twice the delivery window"}, false},
 		{"zero gc interval", []string{"--gc-interval", "0s"}, nil, "", []string{"gc-interval", "positive"}, false},
 		{"tiny write buffer", []string{"--write-buffer", "16"}, nil, "", []string{"write-buffer", "256"}, false},
 	}
@@ -236,6 +247,21 @@ func TestServeConfigBadValues(t *testing.T) {
 			require.Equal(t, tt.usage, errors.As(err, new(usageError)), "usageError? %T: %v", err, err)
 		})
 	}
+}
+
+// TestServeConfigQueues reads queue limits and rules from flags, file and
+// environment; a rule without bytes or a policy takes the defaults given.
+func TestServeConfigQueues(t *testing.T) {
+	yaml := writeYAML(t, "queue_rules: [\"gps*=1\", \"inbox*=100/2048/reject\"]\nqueue_max_bytes: 4096\n")
+	c, err := loadServeConfig([]string{"--config", yaml, "--queue-max", "50", "--delivery-window", "16"}, io.Discard,
+		env{"TETHER_QUEUE_POLICY": "drop_newest"}.lookup)
+	require.NoError(t, err)
+	require.Equal(t, queues.Limits{MaxMessages: 50, MaxBytes: 4096, Policy: queues.DropNewest}, c.broker.QueueLimits)
+	require.Equal(t, []broker.QueueRule{
+		{Pattern: "gps*", Limits: queues.Limits{MaxMessages: 1, MaxBytes: 4096, Policy: queues.DropNewest}},
+		{Pattern: "inbox*", Limits: queues.Limits{MaxMessages: 100, MaxBytes: 2048, Policy: queues.Reject}},
+	}, c.broker.QueueRules)
+	require.Equal(t, 16, c.broker.DeliveryWindow)
 }
 
 func TestServeConfigMissingFile(t *testing.T) {
