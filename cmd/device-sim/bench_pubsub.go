@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,8 @@ type pubsubConfig struct {
 	inflight  int // unacknowledged publishes per notifier
 	payload   int // padding bytes in each message
 	targets   []string
+	inProcess bool   // run Tether and mochi in this process, not as their own
+	bin       string // Tether's broker binary, when it runs as its own process
 	benchFlags
 }
 
@@ -44,6 +48,7 @@ type pubsubResult struct {
 	Rate      float64       `json:"msgs_per_s"` // delivered / (last delivery - first publish)
 	PubRate   float64       `json:"acks_per_s"` // PUBACKs / (last PUBACK - first publish)
 	Latency   Summary       `json:"notify_to_deliver"`
+	Lost      int           `json:"lost,omitempty"` // plain targets only: acknowledged, then dropped by the broker
 	Error     string        `json:"error,omitempty"`
 }
 
@@ -65,6 +70,7 @@ func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&c.inflight, "inflight", 10, "unacknowledged publishes per notifier (1 = wait for each PUBACK)")
 	fs.IntVar(&c.payload, "payload", 64, "padding bytes per message")
 	targets := fs.String("targets", "mosquitto,mochi,tether-plain,tether,tether-enqueue", "brokers to compare, in run order")
+	fs.BoolVar(&c.inProcess, "in-process", false, "run Tether and mochi inside device-sim (so that --cpuprofile covers them) instead of as processes of their own, as mosquitto runs")
 	c.benchFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -77,6 +83,16 @@ func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if c.notifiers < 1 || c.messages < 1 || c.inflight < 1 {
 		return usagef("bench pubsub: --notifiers, --messages and --inflight must be at least 1")
+	}
+	if !c.inProcess && slices.ContainsFunc(c.targets, func(t string) bool { return strings.HasPrefix(t, "tether") }) {
+		dir, cleanup, err := tempDir("device-sim-pubsub-bin-", false, stderr)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		if c.bin, err = brokerBinary(ctx, c.brokerBin, dir); err != nil {
+			return err
+		}
 	}
 	stopProf, err := c.profile()
 	if err != nil {
@@ -124,6 +140,7 @@ type pubsubEnv struct {
 	topic          func(i int) string
 	wrap           bool // payloads go in Tether's notify envelope
 	enqueueOnly    bool // nothing is delivered: the PUBACKs are the result
+	durable        bool // a PUBACK promises delivery: every message must arrive
 	// receive starts receiver i, calling got with each message's benchmark
 	// data (Tether: the notification's data; plain: the payload).
 	receive func(ctx context.Context, i int, got func([]byte)) (stop func(), err error)
@@ -140,7 +157,7 @@ func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Wri
 		return res
 	}
 	defer cleanup()
-	env, err := startPubsubTarget(ctx, target, dir, c.notifiers)
+	env, err := startPubsubTarget(ctx, c, target, dir)
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -220,9 +237,19 @@ func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Wri
 		delivered.Store(acked.Load())
 		allOnce.Do(func() { close(allIn) })
 	}
-	select {
-	case <-allIn:
-	case <-ctx.Done():
+	// Every publish is acknowledged: wait for the last delivery, or (when
+	// a plain broker dropped some) for deliveries to stop.
+	for quiet := time.NewTicker(100 * time.Millisecond); ; {
+		select {
+		case <-allIn:
+		case <-ctx.Done():
+		case <-quiet.C:
+			if last := lastDeliv.Load(); env.durable || time.Since(time.Unix(0, max(last, lastAck.Load()))) < pubsubQuiet {
+				continue
+			}
+		}
+		quiet.Stop()
+		break
 	}
 	res.Acked, res.Delivered = int(acked.Load()), int(delivered.Load())
 	if last := lastDeliv.Load(); last > 0 {
@@ -234,65 +261,132 @@ func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Wri
 	switch {
 	case pubErr != nil:
 		res.Error = pubErr.Error()
-	case res.Delivered < res.Messages:
+	case res.Delivered < res.Messages && (env.durable || ctx.Err() == nil && res.Acked < res.Messages):
 		res.Error = fmt.Sprintf("only %d of %d messages delivered within %s", res.Delivered, res.Messages, c.timeout)
+	case res.Delivered < res.Messages:
+		// A plain QoS 1 subscriber that falls behind loses what overflows
+		// its write queue, as it would with mosquitto's queue limit: a
+		// result to report, not a failed run. Durable notifications never.
+		res.Lost = res.Messages - res.Delivered
 	}
 	return res
 }
 
-func startPubsubTarget(ctx context.Context, target, dir string, n int) (*pubsubEnv, error) {
+// startPubsubTarget starts target on the data directory dir: as a process
+// of its own (mosquitto always; Tether and mochi unless c.inProcess), so
+// that every broker runs beside device-sim's clients as it would in
+// production, scheduled by the kernel rather than by device-sim's Go
+// runtime.
+// pubsubQuiet is how long a plain target may deliver nothing, after the
+// last PUBACK, before the messages still missing count as dropped.
+const pubsubQuiet = 2 * time.Second
+
+func startPubsubTarget(ctx context.Context, c pubsubConfig, target, dir string) (*pubsubEnv, error) {
 	plainTopic := func(i int) string { return fmt.Sprintf("bench/%d", i) }
+	plain := func(addr string, stop func()) *pubsubEnv {
+		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic), close: stop}
+	}
 	switch target {
 	case "mosquitto":
 		proc, addr, err := startMosquitto(ctx, dir)
 		if err != nil {
 			return nil, err
 		}
-		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic),
-			close: func() { _ = proc.stop(5 * time.Second) }}, nil
+		return plain(addr, func() { _ = proc.stop(5 * time.Second) }), nil
 	case "mochi":
-		srv, addr, err := startMochi("127.0.0.1:0")
+		if c.inProcess {
+			srv, addr, err := startMochi("127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			return plain(addr, func() { _ = srv.Close() }), nil
+		}
+		proc, addr, err := startMochiProcess(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic),
-			close: func() { _ = srv.Close() }}, nil
+		return plain(addr, func() { _ = proc.stop(5 * time.Second) }), nil
 	case "tether-plain", "tether", "tether-enqueue":
-		b, err := openBenchTether(dir, target == "tether-plain")
+		grants := map[auth.Role][]string{}
+		if target != "tether-plain" {
+			grants[auth.RoleService] = []string{"bench-notifier"}
+			for i := range c.notifiers {
+				grants[auth.RoleDevice] = append(grants[auth.RoleDevice], deviceUser(i))
+			}
+		}
+		t, tokens, err := startBenchTether(ctx, c, dir, target == "tether-plain", grants)
 		if err != nil {
 			return nil, err
 		}
-		url := "tcp://" + b.Addrs().MQTT
 		if target == "tether-plain" {
-			return &pubsubEnv{url: url, topic: plainTopic, receive: plainReceiver(url, plainTopic),
-				close: func() { _ = b.Close() }}, nil
+			return plain(t.addr, t.close), nil
 		}
-		users := []string{"bench-notifier"}
-		for i := range n {
-			users = append(users, deviceUser(i))
-		}
-		svc, err := addTokens(b.Tokens(), users[:1], auth.RoleService)
-		if err != nil {
-			_ = b.Close()
-			return nil, err
-		}
-		devs, err := addTokens(b.Tokens(), users[1:], auth.RoleDevice)
-		if err != nil {
-			_ = b.Close()
-			return nil, err
-		}
-		receive := tetherReceiver(url, devs)
+		url := "tcp://" + t.addr
+		receive := tetherReceiver(url, tokens)
 		if target == "tether-enqueue" {
 			receive = func(context.Context, int, func([]byte)) (func(), error) { return func() {}, nil }
 		}
 		return &pubsubEnv{
-			url: url, pubUser: users[0], pubPw: svc[users[0]], wrap: true, enqueueOnly: target == "tether-enqueue",
+			url: url, pubUser: "bench-notifier", pubPw: tokens["bench-notifier"], wrap: true, enqueueOnly: target == "tether-enqueue", durable: true,
 			topic:   func(i int) string { return "tether/notify/" + deviceUser(i) + "/s" },
 			receive: receive,
-			close:   func() { _ = b.Close() },
+			close:   t.close,
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown target %q", target)
+}
+
+// benchTether is a Tether started for a benchmark, in this process or as
+// the broker binary.
+type benchTether struct {
+	addr  string
+	close func()
+}
+
+// benchQueueLimits are large enough that no notification of a benchmark
+// is dropped.
+var benchQueueLimits = queues.Limits{MaxMessages: 1 << 20, MaxBytes: 1 << 30, Policy: queues.DropOldest}
+
+// startBenchTether opens Tether on dir with MQTT on a free loopback port
+// and queues of benchQueueLimits, with a token for each user of grants,
+// returned by user. anonymous lets anyone use plain topics.
+func startBenchTether(ctx context.Context, c pubsubConfig, dir string, anonymous bool, grants map[auth.Role][]string) (*benchTether, map[string]string, error) {
+	tokens := map[string]string{}
+	mint := func(issue func(users []string, role auth.Role) (map[string]string, error)) error {
+		for role, users := range grants {
+			toks, err := issue(users, role)
+			if err != nil {
+				return err
+			}
+			maps.Copy(tokens, toks)
+		}
+		return nil
+	}
+	if c.inProcess {
+		b, err := openBenchTether(dir, anonymous)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := mint(func(users []string, role auth.Role) (map[string]string, error) { return addTokens(b.Tokens(), users, role) }); err != nil {
+			_ = b.Close()
+			return nil, nil, err
+		}
+		return &benchTether{addr: b.Addrs().MQTT, close: func() { _ = b.Close() }}, tokens, nil
+	}
+	// Tokens go straight into the data directory, before the broker opens it.
+	if err := mint(func(users []string, role auth.Role) (map[string]string, error) { return mintTokens(dir, users, role) }); err != nil {
+		return nil, nil, err
+	}
+	args := []string{"--queue-max", fmt.Sprint(benchQueueLimits.MaxMessages), "--queue-max-bytes", fmt.Sprint(benchQueueLimits.MaxBytes),
+		"--demo-calls=false", "--max-clients", fmt.Sprint(4*c.notifiers + 100)}
+	if anonymous {
+		args = append(args, "--allow-anonymous")
+	}
+	proc, addr, err := startBrokerBinary(ctx, c.bin, dir, args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &benchTether{addr: addr, close: func() { _ = proc.stop(10 * time.Second) }}, tokens, nil
 }
 
 func deviceUser(i int) string { return fmt.Sprintf("bench-d%d", i) }
@@ -305,7 +399,7 @@ func openBenchTether(dir string, anonymous bool) (*broker.Broker, error) {
 	cfg.DataDir = dir
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "", "", "127.0.0.1:0"
 	cfg.AllowAnonymous = anonymous
-	cfg.QueueLimits = queues.Limits{MaxMessages: 1 << 20, MaxBytes: 1 << 30, Policy: queues.DropOldest}
+	cfg.QueueLimits = benchQueueLimits
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	return broker.Open(cfg)
 }
@@ -377,6 +471,12 @@ func pubsubTable(c pubsubConfig, rs []pubsubResult) string {
 	}
 	tw.Flush()
 	b.WriteString("\n")
+	for _, r := range rs {
+		if r.Lost > 0 {
+			fmt.Fprintf(&b, "%s dropped %s of %s acknowledged messages: a subscriber's write queue overflowed (plain QoS 1 has no delivery window)\n",
+				r.Target, thousands(int64(r.Lost)), thousands(int64(r.Acked)))
+		}
+	}
 	if t := rate["tether"]; t > 0 {
 		for _, other := range []string{"mosquitto", "mochi", "tether-plain", "tether-enqueue"} {
 			if o := rate[other]; o > 0 {

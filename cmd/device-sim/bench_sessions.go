@@ -152,18 +152,7 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 	case "mosquitto":
 		proc, addr, err = startMosquitto(ctx, dir)
 	case "mochi":
-		var self string
-		if self, err = os.Executable(); err != nil {
-			break
-		}
-		if addr, err = freeAddr(); err != nil {
-			break
-		}
-		if proc, err = startChild("mochi", []string{self, "peer", "mochi", "--addr", addr}); err == nil {
-			if err = proc.waitListening(ctx, addr, 10*time.Second); err != nil {
-				proc.kill9()
-			}
-		}
+		proc, addr, err = startMochiProcess(ctx)
 	}
 	if err != nil {
 		res.Error = err.Error()

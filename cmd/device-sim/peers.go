@@ -79,6 +79,29 @@ func startMochi(addr string) (*mqtt.Server, string, error) {
 	return srv, addr, nil
 }
 
+// startMochiProcess runs a bare mochi as a process of its own (this
+// binary's `peer mochi`) on a free loopback port, and waits until it
+// listens.
+func startMochiProcess(ctx context.Context) (*child, string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	proc, err := startChild("mochi", []string{self, "peer", "mochi", "--addr", addr})
+	if err != nil {
+		return nil, "", err
+	}
+	if err := proc.waitListening(ctx, addr, 10*time.Second); err != nil {
+		proc.kill9()
+		return nil, "", err
+	}
+	return proc, addr, nil
+}
+
 // peerCmd runs a comparison broker in this process until ctx ends, so that
 // the idle benchmark can read its RSS alone: `device-sim peer mochi --addr A`.
 func peerCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
