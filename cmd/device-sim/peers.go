@@ -91,7 +91,7 @@ func startMochiProcess(ctx context.Context) (*child, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	proc, err := startChild("mochi", []string{self, "peer", "mochi", "--addr", addr})
+	proc, err := startChild("mochi", []string{self, "peer", "mochi", "--addr", addr}, envExec+"=1") // envExec: a test binary too
 	if err != nil {
 		return nil, "", err
 	}

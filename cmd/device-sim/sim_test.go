@@ -166,3 +166,32 @@ func TestBenchConnect(t *testing.T) {
 	require.Positive(t, r.BrokerCPU, "the broker spent CPU on the sessions")
 	require.Contains(t, stdout.String(), "broker CPU ms/session")
 }
+
+// TestBenchPubsub runs the pubsub benchmark small against bare mochi and
+// the real broker binary, each a process of its own: every durable
+// notification arrives, and the rates and latencies are measured values.
+func TestBenchPubsub(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "pubsub.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout strings.Builder
+	err := benchPubsubCmd(ctx, []string{"--targets", "mochi,tether,tether-enqueue", "--notifiers", "3", "--messages", "300", "--json", out}, &stdout, io.Discard)
+	require.NoError(t, err)
+	var results []pubsubResult
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &results))
+	require.Len(t, results, 3)
+	for _, r := range results {
+		require.Empty(t, r.Error, r.Target)
+		require.Equal(t, 900, r.Acked, "%s: every publish acknowledged", r.Target)
+		require.Positive(t, r.Rate, r.Target)
+	}
+	tether := results[1]
+	require.Equal(t, "tether", tether.Target)
+	require.Equal(t, 900, tether.Delivered, "every durable notification delivered")
+	require.Zero(t, tether.Lost)
+	require.Equal(t, int64(900), tether.Latency.Count)
+	require.Positive(t, tether.Latency.P50)
+	require.Contains(t, stdout.String(), "durable Tether / mochi: ")
+}
