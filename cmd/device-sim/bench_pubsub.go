@@ -367,7 +367,9 @@ func startBenchTether(ctx context.Context, c pubsubConfig, dir string, anonymous
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := mint(func(users []string, role auth.Role) (map[string]string, error) { return addTokens(b.Tokens(), users, role) }); err != nil {
+		if err := mint(func(users []string, role auth.Role) (map[string]string, error) {
+			return addTokens(b.Tokens(), users, role)
+		}); err != nil {
 			_ = b.Close()
 			return nil, nil, err
 		}
