@@ -134,12 +134,12 @@ func checkInvariants(t testing.TB, s *persistence.Store) {
 	t.Helper()
 	m := getMeta(t, s)
 	// The scan starts kept beside Meta in the meta row.
-	var hints struct {
-		First      uint64 `json:"first"`
-		ExpiryFrom uint64 `json:"expiry_from"`
-	}
+	var hints struct{ First, ExpiryFrom uint64 }
 	if raw, ok := dump(t, s)[string(persistence.Key("queue", user, sess, "meta"))]; ok {
-		require.NoError(t, json.Unmarshal([]byte(raw), &hints))
+		stored, first, expiryFrom, err := queues.DecodeStateRow([]byte(raw))
+		require.NoError(t, err)
+		require.Equal(t, m, stored)
+		hints.First, hints.ExpiryFrom = first, expiryFrom
 	}
 	require.LessOrEqual(t, hints.First, m.NextSeq)
 	count, size := 0, 0
@@ -148,9 +148,8 @@ func checkInvariants(t testing.TB, s *persistence.Store) {
 	last := m.Acked
 	require.NoError(t, s.View(func(tx persistence.Txn) error {
 		if err := tx.Scan(persistence.Prefix("queue", user, sess, "e"), nil, func(k, v []byte) (bool, error) {
-			var e queues.Entry
-			require.NoError(t, json.Unmarshal(v, &e))
-			require.Equal(t, binary.BigEndian.Uint64(k[len(k)-8:]), e.Seq)
+			e, err := queues.DecodeEntryRow(binary.BigEndian.Uint64(k[len(k)-8:]), v)
+			require.NoError(t, err)
 			require.Greater(t, e.Seq, last, "entries in seq order, above Acked %d", m.Acked)
 			require.Less(t, e.Seq, m.NextSeq)
 			require.GreaterOrEqual(t, e.Seq, hints.First, "entries at or above the scan start")

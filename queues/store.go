@@ -1,9 +1,7 @@
 package queues
 
 import (
-	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -115,35 +113,21 @@ func loadState(tx persistence.Txn, q queue) (state, error) {
 	if err != nil {
 		return state{}, err
 	}
-	var s state
-	if err := json.Unmarshal(v, &s); err != nil {
+	s, err := decodeState(v)
+	if err != nil {
 		return state{}, fmt.Errorf("%w: %s: %v", ErrCorrupt, q.meta, err)
-	}
-	if s.NextSeq == 0 || s.Acked >= s.NextSeq || s.First > s.NextSeq || s.Count < 0 || s.Bytes < 0 {
-		return state{}, fmt.Errorf("%w: %s: %s", ErrCorrupt, q.meta, v)
 	}
 	return s, nil
 }
 
 func saveState(tx persistence.Txn, q queue, s state) error {
-	v, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	return tx.Set(q.meta, v)
+	return tx.Set(q.meta, encodeState(s))
 }
 
-// putEntry writes e and its index rows. e.Data must be compact: it is
-// written without HTML escaping so that the stored bytes, and so their
-// length in Meta.Bytes, are exactly e.Data.
+// putEntry writes e and its index rows. e.Data must be compact JSON: its
+// length is what Meta.Bytes counts.
 func putEntry(tx persistence.Txn, q queue, e Entry) error {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(e); err != nil {
-		return err
-	}
-	if err := tx.Set(q.entryKey(e.Seq), bytes.TrimSuffix(b.Bytes(), []byte("\n"))); err != nil {
+	if err := tx.Set(q.entryKey(e.Seq), encodeEntry(e)); err != nil {
 		return err
 	}
 	if e.Key != "" {
@@ -177,22 +161,7 @@ func decodeHeld(k, v []byte) (held, error) {
 	if err != nil {
 		return held{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	e, err := decodeEntry(seq, v)
-	if err != nil {
-		return held{}, err
-	}
-	return held{seq: seq, size: len(e.Data), key: e.Key, expires: e.Expires}, nil
-}
-
-func decodeEntry(seq uint64, v []byte) (Entry, error) {
-	var e Entry
-	if err := json.Unmarshal(v, &e); err != nil {
-		return Entry{}, fmt.Errorf("%w: entry %d: %v", ErrCorrupt, seq, err)
-	}
-	if e.Seq != seq {
-		return Entry{}, fmt.Errorf("%w: entry %d holds seq %d", ErrCorrupt, seq, e.Seq)
-	}
-	return e, nil
+	return decodeHeldRow(seq, v)
 }
 
 // loadHeld reads the stored entry seq, which an index row says exists.
