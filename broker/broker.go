@@ -148,6 +148,12 @@ func Open(cfg Config) (_ *Broker, err error) {
 	b.stop = stop
 	b.wg.Add(1)
 	go func() { defer b.wg.Done(); b.delivery.expireLoop(ctx, cfg.Sessions.SweepInterval) }()
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		clients := func() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }
+		trimLoop(ctx, clients, b.metrics.memoryTrims.Inc, log.With("component", "memory"))
+	}()
 	b.ready.Store(true)
 	log.Info("tether started", "data_dir", cfg.DataDir, "mqtt", b.mqttLn.Addr().String(),
 		"ws", addrOf(b.wsLn), "http", addrOf(b.httpLn), "tls", cfg.TLSCertFile != "")

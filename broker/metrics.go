@@ -20,6 +20,7 @@ type metrics struct {
 
 	responseTopicRefused prometheus.Counter
 	badRequestTopic      *prometheus.CounterVec
+	memoryTrims          prometheus.Counter
 }
 
 func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
@@ -43,6 +44,10 @@ func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
 			Name: "tether_request_bad_topic_total",
 			Help: "Requests on sessions/U/<name>/req that name no session: session_name (answered bad_request), wildcard (+ or # in the topic: the connection is closed, no reply).",
 		}, []string{"reason"}),
+		memoryTrims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_memory_trims_total",
+			Help: "Times the broker returned memory to the OS after the number of connected clients changed by a tenth and held still.",
+		}),
 	}
 	// Every label value from the start, so a dashboard sees 0, not nothing.
 	for _, r := range authFailureReasons {
@@ -70,7 +75,7 @@ func newMetrics(srv *mqtt.Server, store *persistence.Store) *metrics {
 			func() float64 { return float64(atomic.LoadInt64(v)) })
 	}
 	m.reg.MustRegister(
-		m.authOK, m.authFailed, m.aclDenied, m.responseTopicRefused, m.badRequestTopic,
+		m.authOK, m.authFailed, m.aclDenied, m.responseTopicRefused, m.badRequestTopic, m.memoryTrims,
 		gauge("tether_connections", "Clients connected now.", &info.ClientsConnected),
 		gauge("tether_mqtt_sessions", "MQTT client sessions held, connected or not.", &info.ClientsTotal),
 		gauge("tether_subscriptions", "MQTT subscriptions held.", &info.Subscriptions),

@@ -55,7 +55,7 @@ func benchIdleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	sizes := fs.String("sessions", "1000,10000", "comma-separated numbers of idle sessions")
 	targets := fs.String("targets", "tether,mosquitto,mochi", "brokers to measure")
 	conc := fs.Int("concurrency", 64, "sessions connecting at once")
-	settle := fs.Duration("settle", 3*time.Second, "wait before each RSS reading")
+	settle := fs.Duration("settle", 5*time.Second, "wait before each RSS reading (Tether returns memory to the OS a second after clients stop arriving; that takes about 2 s at 10,000)")
 	bf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,7 +105,8 @@ func benchIdleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(&b, "- **%s**: %s.\n", t, idleTargets[t])
 		}
 		b.WriteString("\nThe broker runs in its own process; its VmRSS (/proc/PID/status) is read after start-up and again once every" +
-			" session is connected (and begun), each after a settle pause; the delta is divided by the sessions. The clients run in" +
+			" session is connected (and begun), each after the same settle pause for every target (Tether returns memory to the OS a" +
+			" second after the number of clients holds still: the settle lets that finish); the delta is divided by the sessions. The clients run in" +
 			" device-sim's process, so each process holds one end of each connection (the machine allows 20,000 open files per process).\n")
 		if err := updateDoc(bf.docFile, "device-sim bench idle", b.String()); err != nil {
 			return err
