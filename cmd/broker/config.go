@@ -364,20 +364,31 @@ func (v rulesValue) String() string {
 	return strings.Join(parts, ",")
 }
 
-func (v rulesValue) Set(s string) error {
-	*v.p = nil
+// eachRule calls fn for each comma-separated "pattern=a[/b[/c]]" item of
+// s (want names the fields, for errors), with the fields split at '/'.
+func eachRule(s, want string, fn func(item, pattern string, fields []string) error) error {
 	for _, item := range strings.Split(s, ",") {
 		if item = strings.TrimSpace(item); item == "" {
 			continue
 		}
 		pattern, spec, ok := strings.Cut(item, "=")
 		if !ok || pattern == "" {
-			return fmt.Errorf("%q: want pattern=mode[/window[/liveness]]", item)
+			return fmt.Errorf("%q: want %s", item, want)
 		}
 		fields := strings.Split(spec, "/")
 		if len(fields) > 3 {
 			return fmt.Errorf("%q: too many /-separated fields", item)
 		}
+		if err := fn(item, pattern, fields); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v rulesValue) Set(s string) error {
+	*v.p = nil
+	return eachRule(s, "pattern=mode[/window[/liveness]]", func(item, pattern string, fields []string) error {
 		r := sessions.Rule{Pattern: pattern, Policy: sessions.Policy{Mode: sessions.Mode(fields[0])}}
 		for i, dst := range []*time.Duration{&r.Policy.Window, &r.Policy.Liveness} {
 			if len(fields) > i+1 && fields[i+1] != "" {
@@ -400,8 +411,8 @@ func (v rulesValue) Set(s string) error {
 			return fmt.Errorf("%q: %v", item, err)
 		}
 		*v.p = append(*v.p, r)
-	}
-	return nil
+		return nil
+	})
 }
 
 // policyValue is a queue overflow policy, checked when set.
@@ -442,20 +453,9 @@ func (v queueRulesValue) String() string {
 
 func (v queueRulesValue) Set(s string) error {
 	*v.p = nil
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item == "" {
-			continue
-		}
-		pattern, spec, ok := strings.Cut(item, "=")
-		if !ok || pattern == "" {
-			return fmt.Errorf("%q: want pattern=max[/max-bytes[/policy]]", item)
-		}
+	return eachRule(s, "pattern=max[/max-bytes[/policy]]", func(item, pattern string, fields []string) error {
 		if _, err := path.Match(pattern, ""); err != nil {
 			return fmt.Errorf("%q: pattern: %v", item, err)
-		}
-		fields := strings.Split(spec, "/")
-		if len(fields) > 3 {
-			return fmt.Errorf("%q: too many /-separated fields", item)
 		}
 		r := broker.QueueRule{Pattern: pattern}
 		for i, dst := range []*int{&r.Limits.MaxMessages, &r.Limits.MaxBytes} {
@@ -474,8 +474,8 @@ func (v queueRulesValue) Set(s string) error {
 			}
 		}
 		*v.p = append(*v.p, r)
-	}
-	return nil
+		return nil
+	})
 }
 
 // snapshotKeysValue reads snapshot keys inline ("ID:HEX,…") or from a file.

@@ -32,18 +32,12 @@ func TestServeRegistersDemoCalls(t *testing.T) {
 		{"env off", nil, env{"TETHER_DEMO_CALLS": "false"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := loadServeConfig(tc.args, io.Discard, tc.env.lookup)
-			require.NoError(t, err)
-			cfg := c.brokerConfig()
-			test := brokertest.Config(t) // the serve config on test ports and a temp data dir
-			cfg.DataDir, cfg.Logger = test.DataDir, test.Logger
-			cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = test.MQTTAddr, test.WSAddr, test.HTTPAddr, test.AdminAddr
-			b := brokertest.Start(t, cfg)
+			b := startServeConfig(t, tc.args, tc.env)
 
 			dev := demoDevice(t, b, "demo")
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_, err = dev.Begin(ctx)
+			_, err := dev.Begin(ctx)
 			require.NoError(t, err)
 			reply, err := dev.Call(ctx, "demo.buy", struct{}{}, 1)
 			if !tc.on {
@@ -78,6 +72,19 @@ func TestServeKeepsConfiguredHandlers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "mine", got)
 	require.Len(t, c.broker.Handlers, 2, "serve's settings are not changed")
+}
+
+// startServeConfig opens a broker from serve's config for args and env,
+// as `go run ./cmd/broker` does, on test ports and a temp data dir.
+func startServeConfig(t *testing.T, args []string, env env) *broker.Broker {
+	t.Helper()
+	c, err := loadServeConfig(args, io.Discard, env.lookup)
+	require.NoError(t, err)
+	cfg := c.brokerConfig()
+	test := brokertest.Config(t)
+	cfg.DataDir, cfg.Logger = test.DataDir, test.Logger
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = test.MQTTAddr, test.WSAddr, test.HTTPAddr, test.AdminAddr
+	return brokertest.Start(t, cfg)
 }
 
 // demoDevice connects alice's session name to b with the Go client.

@@ -2,12 +2,10 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/f47fa0da/tether/internal/brokertest"
 	"github.com/f47fa0da/tether/queues"
 )
 
@@ -16,13 +14,7 @@ import (
 // times: a session matching a rule gets the rule's limits (first match
 // wins), every other one the defaults given.
 func TestServeAppliesQueueSettings(t *testing.T) {
-	c, err := loadServeConfig([]string{"--queue-max", "3", "--queue-rules", "gps*=1,inbox*=2/1048576/reject,in*=4"}, io.Discard, env{}.lookup)
-	require.NoError(t, err)
-	cfg := c.brokerConfig()
-	test := brokertest.Config(t) // the serve config on test ports and a temp data dir
-	cfg.DataDir, cfg.Logger = test.DataDir, test.Logger
-	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = test.MQTTAddr, test.WSAddr, test.HTTPAddr, test.AdminAddr
-	b := brokertest.Start(t, cfg)
+	b := startServeConfig(t, []string{"--queue-max", "3", "--queue-rules", "gps*=1,inbox*=2/1048576/reject,in*=4"}, env{})
 
 	for i := 1; i <= 5; i++ {
 		for _, s := range []string{"gps1", "other", "inside"} {
