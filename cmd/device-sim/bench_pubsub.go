@@ -261,7 +261,7 @@ func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Wri
 	switch {
 	case pubErr != nil:
 		res.Error = pubErr.Error()
-	case res.Delivered < res.Messages && (env.durable || ctx.Err() == nil && res.Acked < res.Messages):
+	case res.Delivered < res.Messages && env.durable:
 		res.Error = fmt.Sprintf("only %d of %d messages delivered within %s", res.Delivered, res.Messages, c.timeout)
 	case res.Delivered < res.Messages:
 		// A plain QoS 1 subscriber that falls behind loses what overflows
