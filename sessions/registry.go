@@ -138,9 +138,10 @@ type Registry struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	mu     sync.Mutex
-	live   map[string]*entry        // loaded sessions by "user/name"
-	byConn map[Conn]map[*entry]bool // sessions attached to each connection
+	mu      sync.Mutex
+	live    map[string]*entry        // loaded sessions by "user/name"
+	loading map[string]chan struct{} // sessions being read by load, closed when done
+	byConn  map[Conn]map[*entry]bool // sessions attached to each connection
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -170,7 +171,7 @@ func New(cfg Config, store Store, out Outbox) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{cfg: cfg, store: store, out: out, log: cfg.Logger, now: cfg.Now,
-		live: map[string]*entry{}, byConn: map[Conn]map[*entry]bool{}}
+		live: map[string]*entry{}, loading: map[string]chan struct{}{}, byConn: map[Conn]map[*entry]bool{}}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
@@ -213,11 +214,40 @@ func (r *Registry) load(user, name string) (*entry, error) {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	k := user + "/" + name
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if e, ok := r.live[k]; ok {
-		return e, nil
+	for {
+		r.mu.Lock()
+		if e, ok := r.live[k]; ok {
+			r.mu.Unlock()
+			return e, nil
+		}
+		if wait, ok := r.loading[k]; ok { // another caller reads it: use theirs
+			r.mu.Unlock()
+			<-wait
+			continue
+		}
+		done := make(chan struct{})
+		r.loading[k] = done
+		r.mu.Unlock()
+		e, err := r.loadStored(user, name)
+		r.mu.Lock()
+		delete(r.loading, k)
+		if err == nil {
+			r.live[k] = e
+			if e.s.State != StateNew && e.s.State != StateEnded {
+				r.out.Presence(user, name, Presence{State: "offline", Since: e.s.Since.UnixMilli()})
+			}
+		}
+		r.mu.Unlock()
+		close(done)
+		return e, err
 	}
+}
+
+// loadStored reads user/name's record (a new one if none is stored) into
+// an entry. load calls it without r.mu, for one caller per session at a
+// time: the read waits for the sync round that covers what it saw, and
+// that must not hold up every other session.
+func (r *Registry) loadStored(user, name string) (*entry, error) {
 	s, err := r.read(user, name)
 	now := r.now()
 	switch {
@@ -226,12 +256,7 @@ func (r *Registry) load(user, name string) (*entry, error) {
 	case err != nil:
 		return nil, err
 	}
-	e := &entry{s: s, touched: now}
-	r.live[k] = e
-	if s.State != StateNew && s.State != StateEnded {
-		r.out.Presence(user, name, Presence{State: "offline", Since: s.Since.UnixMilli()})
-	}
-	return e, nil
+	return &entry{s: s, touched: now}, nil
 }
 
 // read returns the stored record of user/name, or ErrNotFound.
