@@ -42,6 +42,8 @@ type Broker struct {
 
 	mqttLn, wsLn, httpLn, adminLn net.Listener
 	httpSrv, adminSrv             *http.Server
+	tcp                           *tcpListener
+	ws                            *wsListener // nil without a WebSocket listener
 
 	ready     atomic.Bool
 	closeOnce sync.Once
@@ -124,7 +126,8 @@ func Open(cfg Config) (_ *Broker, err error) {
 			return nil, fmt.Errorf("broker: hook %s: %w", h.ID(), err)
 		}
 	}
-	if err := b.srv.AddListener(newTCPListener("mqtt", b.mqttLn)); err != nil {
+	b.tcp = newTCPListener("mqtt", b.mqttLn)
+	if err := b.srv.AddListener(b.tcp); err != nil {
 		return nil, err
 	}
 	if b.wsLn != nil {
@@ -132,7 +135,8 @@ func Open(cfg Config) (_ *Broker, err error) {
 		if b.httpLn != nil {
 			origins.samePort = append(origins.samePort, port(b.httpLn))
 		}
-		if err := b.srv.AddListener(newWSListener("ws", b.wsLn, origins, log.With("component", "websocket"))); err != nil {
+		b.ws = newWSListener("ws", b.wsLn, origins, log.With("component", "websocket"))
+		if err := b.srv.AddListener(b.ws); err != nil {
 			return nil, err
 		}
 	}
@@ -277,6 +281,13 @@ func (b *Broker) Close() error {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		// Connections accepted but not yet counted as clients must be gone
+		// too: mochi's Close races with one still being established.
+		for _, conns := range b.connSets() {
+			if !conns.stop(ctx) {
+				b.log.Warn("shutdown timeout: connections still being established")
+			}
+		}
 		_ = b.srv.Close()
 		if b.stop != nil {
 			b.stop()
@@ -291,6 +302,18 @@ func (b *Broker) Close() error {
 		b.log.Info("tether stopped")
 	})
 	return b.closeErr
+}
+
+// connSets are the connections of the MQTT listeners.
+func (b *Broker) connSets() []*connSet {
+	var sets []*connSet
+	if b.tcp != nil {
+		sets = append(sets, &b.tcp.conns)
+	}
+	if b.ws != nil {
+		sets = append(sets, &b.ws.conns)
+	}
+	return sets
 }
 
 func addrOf(ln net.Listener) string {

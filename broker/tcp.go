@@ -1,9 +1,9 @@
 package broker
 
 import (
+	"context"
 	"log/slog"
 	"net"
-	"sync"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
@@ -14,17 +14,13 @@ import (
 // clients with a WaitGroup that its Close waits on; a connection accepted
 // while it closes would otherwise Add to that group during the Wait.
 type tcpListener struct {
-	id string
-	ln net.Listener
-
-	mu     sync.Mutex
-	closed bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	id    string
+	ln    net.Listener
+	conns connSet
 }
 
 func newTCPListener(id string, ln net.Listener) *tcpListener {
-	return &tcpListener{id: id, ln: ln, conns: map[net.Conn]struct{}{}}
+	return &tcpListener{id: id, ln: ln}
 }
 
 func (l *tcpListener) ID() string              { return l.id }
@@ -38,37 +34,19 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		if err != nil {
 			return
 		}
-		l.mu.Lock()
-		if l.closed {
-			l.mu.Unlock()
-			_ = conn.Close()
+		if !l.conns.add(conn) {
 			return
 		}
-		l.conns[conn] = struct{}{}
-		l.wg.Add(1)
-		l.mu.Unlock()
 		go func() {
-			defer l.wg.Done()
+			defer l.conns.done(conn)
 			_ = establish(l.id, conn)
-			l.mu.Lock()
-			delete(l.conns, conn)
-			l.mu.Unlock()
 		}()
 	}
 }
 
+// Close (mochi's, at its Close) stops accepting and ends every connection.
 func (l *tcpListener) Close(closeClients listeners.CloseFn) {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return
-	}
-	l.closed = true
-	for c := range l.conns {
-		_ = c.Close()
-	}
-	l.mu.Unlock()
 	_ = l.ln.Close()
+	l.conns.stop(context.Background())
 	closeClients(l.id)
-	l.wg.Wait()
 }

@@ -27,6 +27,7 @@ type wsListener struct {
 	log       *slog.Logger
 	establish listeners.EstablishFn
 	closeOnce sync.Once
+	conns     connSet // upgraded connections until mochi returns from them
 }
 
 // originPolicy decides which browser Origins may open a WebSocket.
@@ -97,6 +98,7 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = l.srv.Shutdown(ctx)
+		l.conns.stop(ctx)
 	})
 	closeClients(l.id)
 }
@@ -106,8 +108,13 @@ func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has answered with an HTTP error
 	}
+	conn := &wsConn{Conn: c.NetConn(), ws: c}
+	if !l.conns.add(conn) {
+		return // shutting down
+	}
+	defer l.conns.done(conn)
 	defer c.Close()
-	if err := l.establish(l.id, &wsConn{Conn: c.NetConn(), ws: c}); err != nil {
+	if err := l.establish(l.id, conn); err != nil {
 		l.log.Debug("websocket client ended", "error", err)
 	}
 }
