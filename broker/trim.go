@@ -9,10 +9,10 @@ import (
 )
 
 // trimmer returns memory to the operating system after a burst of
-// connects or disconnects. Serving a new connection grows its goroutines'
-// stacks and leaves garbage; an idle broker allocates too little for the
-// Go runtime to collect it soon, and stacks shrink only by half per
-// collection. So once the number of connected clients has moved by a tenth
+// connects or disconnects. Serving new connections leaves garbage and
+// raises the heap's high-water mark, which the Go runtime gives back to
+// the OS only slowly, and it halves an oversized goroutine stack only once
+// per collection. So once the number of connected clients has moved by a tenth
 // (and at least minTrimChange) and then held still for trimQuiet, the broker
 // runs a few collections and releases the freed memory: a fleet that has
 // just connected costs what it costs at rest, not what it cost to connect.
@@ -25,7 +25,7 @@ type trimmer struct {
 const (
 	trimQuiet     = time.Second
 	minTrimChange = 256
-	trimPasses    = 4 // collections per trim: each halves the stacks that are four times too large
+	trimPasses    = 4 // collections per trim: each can halve a stack that is four times too large
 )
 
 // observe takes the number of connected clients at now and reports whether
