@@ -13,8 +13,9 @@ import (
 
 // Stored rows are written in a compact binary form: they are read and
 // written on every enqueue, delivery and ack, and as JSON their decoding
-// and encoding took about a tenth of the broker's CPU under load. Rows written as JSON by earlier releases (they start
-// with '{') are still read; the next write of a row converts it.
+// and encoding took about a tenth of the broker's CPU under load. Rows
+// written as JSON by earlier releases (they start with '{') are still
+// read; the next write of a row converts it.
 //
 // An entry row:
 //
@@ -38,11 +39,12 @@ type reader struct {
 	err error
 }
 
-func (r *reader) uvarint() uint64 {
+// take reads one number with read (binary.Uvarint or binary.Varint).
+func take[T uint64 | int64](r *reader, read func([]byte) (T, int)) T {
 	if r.err != nil {
 		return 0
 	}
-	v, n := binary.Uvarint(r.b)
+	v, n := read(r.b)
 	if n <= 0 {
 		r.err = errShort
 		return 0
@@ -51,18 +53,8 @@ func (r *reader) uvarint() uint64 {
 	return v
 }
 
-func (r *reader) varint() int64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.err = errShort
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
+func (r *reader) uvarint() uint64 { return take(r, binary.Uvarint) }
+func (r *reader) varint() int64   { return take(r, binary.Varint) }
 
 // int reads a uvarint that must fit a non-negative int.
 func (r *reader) int() int {
@@ -88,7 +80,7 @@ func (r *reader) bytes() []byte {
 	return v
 }
 
-func (r *reader) byte() byte {
+func (r *reader) flag() byte {
 	if r.err != nil {
 		return 0
 	}
@@ -128,61 +120,46 @@ func encodeEntry(e Entry) []byte {
 	return append(b, e.Data...)
 }
 
-// entryHeader reads an entry row up to its data, which it returns as the
-// rest of v (not copied).
-func entryHeader(v []byte) (e Entry, data []byte, err error) {
-	if len(v) == 0 || v[0] != rowVersion {
-		return Entry{}, nil, errors.New("unknown row format")
+// entryRow reads the stored entry row v of seq: everything but the data
+// into e, the data as the rest of v (not copied; JSON rows of earlier
+// releases have it in e.Data already).
+func entryRow(seq uint64, v []byte) (e Entry, data []byte, err error) {
+	switch {
+	case len(v) > 0 && v[0] == '{':
+		err = json.Unmarshal(v, &e)
+		data = e.Data
+	case len(v) > 0 && v[0] == rowVersion:
+		r := reader{b: v[1:]}
+		e.Seq = r.uvarint()
+		e.Enqueued = r.time()
+		e.Expires = r.time()
+		e.Key = string(r.bytes())
+		data, err = r.b, r.err
+	default:
+		err = errors.New("unknown row format")
 	}
-	r := reader{b: v[1:]}
-	e.Seq = r.uvarint()
-	e.Enqueued = r.time()
-	e.Expires = r.time()
-	e.Key = string(r.bytes())
-	return e, r.b, r.err
+	switch {
+	case err != nil:
+		return Entry{}, nil, fmt.Errorf("%w: entry %d: %v", ErrCorrupt, seq, err)
+	case e.Seq != seq:
+		return Entry{}, nil, fmt.Errorf("%w: entry %d holds seq %d", ErrCorrupt, seq, e.Seq)
+	}
+	return e, data, nil
 }
 
 // decodeEntry reads the stored entry seq.
 func decodeEntry(seq uint64, v []byte) (Entry, error) {
-	var e Entry
-	if len(v) > 0 && v[0] == '{' {
-		if err := json.Unmarshal(v, &e); err != nil {
-			return Entry{}, fmt.Errorf("%w: entry %d: %v", ErrCorrupt, seq, err)
-		}
-	} else {
-		var (
-			data []byte
-			err  error
-		)
-		if e, data, err = entryHeader(v); err != nil {
-			return Entry{}, fmt.Errorf("%w: entry %d: %v", ErrCorrupt, seq, err)
-		}
-		e.Data = json.RawMessage(append([]byte(nil), data...))
+	e, data, err := entryRow(seq, v)
+	if err != nil {
+		return Entry{}, err
 	}
-	if !json.Valid(e.Data) {
+	if !json.Valid(data) {
 		return Entry{}, fmt.Errorf("%w: entry %d: data is not JSON", ErrCorrupt, seq)
 	}
-	if e.Seq != seq {
-		return Entry{}, fmt.Errorf("%w: entry %d holds seq %d", ErrCorrupt, seq, e.Seq)
+	if e.Data == nil {
+		e.Data = json.RawMessage(append([]byte(nil), data...))
 	}
 	return e, nil
-}
-
-// decodeHeldRow reads what removing the stored entry seq needs, without
-// copying or checking its data.
-func decodeHeldRow(seq uint64, v []byte) (held, error) {
-	if len(v) > 0 && v[0] == '{' {
-		e, err := decodeEntry(seq, v)
-		return held{seq: seq, size: len(e.Data), key: e.Key, expires: e.Expires}, err
-	}
-	e, data, err := entryHeader(v)
-	if err != nil {
-		return held{}, fmt.Errorf("%w: entry %d: %v", ErrCorrupt, seq, err)
-	}
-	if e.Seq != seq {
-		return held{}, fmt.Errorf("%w: entry %d holds seq %d", ErrCorrupt, seq, e.Seq)
-	}
-	return held{seq: seq, size: len(data), key: e.Key, expires: e.Expires}, nil
 }
 
 // encodeState is s's stored row.
@@ -236,7 +213,7 @@ func decodeStateRow(v []byte) (state, error) {
 	s.NextSeq, s.Acked = r.uvarint(), r.uvarint()
 	s.Count, s.Bytes = r.int(), r.int()
 	s.First, s.ExpiryFrom = r.uvarint(), r.uvarint()
-	switch r.byte() {
+	switch r.flag() {
 	case 0:
 	case 1:
 		s.Limits = &Limits{MaxMessages: r.int(), MaxBytes: r.int(), Policy: Policy(r.bytes())}

@@ -161,7 +161,8 @@ func decodeHeld(k, v []byte) (held, error) {
 	if err != nil {
 		return held{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return decodeHeldRow(seq, v)
+	e, data, err := entryRow(seq, v) // the data is neither copied nor checked
+	return held{seq: seq, size: len(data), key: e.Key, expires: e.Expires}, err
 }
 
 // loadHeld reads the stored entry seq, which an index row says exists.
