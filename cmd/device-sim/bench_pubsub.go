@@ -21,7 +21,6 @@ import (
 	"github.com/f47fa0da/tether/auth"
 	"github.com/f47fa0da/tether/broker"
 	"github.com/f47fa0da/tether/client"
-	"github.com/f47fa0da/tether/queues"
 )
 
 // pubsubConfig is one `bench pubsub` run: notifiers publishers, each
@@ -343,12 +342,8 @@ type benchTether struct {
 	close func()
 }
 
-// benchQueueLimits are large enough that no notification of a benchmark
-// is dropped.
-var benchQueueLimits = queues.Limits{MaxMessages: 1 << 20, MaxBytes: 1 << 30, Policy: queues.DropOldest}
-
 // startBenchTether opens Tether on dir with MQTT on a free loopback port
-// and queues of benchQueueLimits, with a token for each user of grants,
+// and queues of noDropLimits, with a token for each user of grants,
 // returned by user. anonymous lets anyone use plain topics.
 func startBenchTether(ctx context.Context, c pubsubConfig, dir string, anonymous bool, grants map[auth.Role][]string) (*benchTether, map[string]string, error) {
 	tokens := map[string]string{}
@@ -379,7 +374,7 @@ func startBenchTether(ctx context.Context, c pubsubConfig, dir string, anonymous
 	if err := mint(func(users []string, role auth.Role) (map[string]string, error) { return mintTokens(dir, users, role) }); err != nil {
 		return nil, nil, err
 	}
-	args := []string{"--queue-max", fmt.Sprint(benchQueueLimits.MaxMessages), "--queue-max-bytes", fmt.Sprint(benchQueueLimits.MaxBytes),
+	args := []string{"--queue-max", fmt.Sprint(noDropLimits.MaxMessages), "--queue-max-bytes", fmt.Sprint(noDropLimits.MaxBytes),
 		"--demo-calls=false", "--max-clients", fmt.Sprint(4*c.notifiers + 100)}
 	if anonymous {
 		args = append(args, "--allow-anonymous")
@@ -401,7 +396,7 @@ func openBenchTether(dir string, anonymous bool) (*broker.Broker, error) {
 	cfg.DataDir = dir
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "", "", "127.0.0.1:0"
 	cfg.AllowAnonymous = anonymous
-	cfg.QueueLimits = benchQueueLimits
+	cfg.QueueLimits = noDropLimits
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	return broker.Open(cfg)
 }

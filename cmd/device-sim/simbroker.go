@@ -65,13 +65,17 @@ func simHandlers(f simFaults) map[string]nonce.Handler {
 	}
 }
 
+// noDropLimits are queue limits that neither the simulator nor a
+// benchmark ever reaches: no notification meets a policy drop.
+var noDropLimits = queues.Limits{MaxMessages: 1 << 20, MaxBytes: 1 << 30, Policy: queues.DropOldest}
+
 // simBrokerConfig is the broker the simulator runs: queues large enough
 // that the checks never meet a policy drop.
 func simBrokerConfig(dataDir, mqttAddr, wsAddr string, f simFaults, log *slog.Logger) broker.Config {
 	cfg := broker.DefaultConfig()
 	cfg.DataDir, cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr, cfg.AdminAddr = dataDir, mqttAddr, wsAddr, "", "127.0.0.1:0"
 	cfg.WSOrigins = []string{"*"}
-	cfg.QueueLimits = queues.Limits{MaxMessages: 1 << 20, MaxBytes: 1 << 30, Policy: queues.DropOldest}
+	cfg.QueueLimits = noDropLimits
 	cfg.MaxClients = 1 << 20
 	cfg.Handlers = simHandlers(f)
 	cfg.Logger = log
