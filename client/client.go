@@ -673,6 +673,9 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 // the same seq after a reconnect, so a network blip never runs it twice:
 // a retry gets the stored reply. It returns the handler's reply (JSON).
 // ErrStaleNonce means another instance took over: crash and begin again.
+// A connected Call sends the request whatever ctx says; if ctx ends before
+// the reply, Call returns once the request is written out, so the call
+// may have run (a retry with the same seq tells).
 func (c *Client) Call(ctx context.Context, method string, args, memento any) (json.RawMessage, error) {
 	req := wire.Request{Op: wire.OpCall, Method: method}
 	var err error
@@ -810,7 +813,7 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 	}()
 	// QoS 0: the reply is the acknowledgement, and a request lost with its
 	// connection is sent again by onConnect (or fails, for a begin).
-	c.mqtt.Publish(c.topics.req, 0, false, payload)
+	sent := c.mqtt.Publish(c.topics.req, 0, false, payload)
 	select {
 	case res := <-p.done:
 		if res.Error != nil {
@@ -824,6 +827,14 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 		}
 		return json.Unmarshal(res.OK, out)
 	case <-ctx.Done():
+		// Given up on the reply, but not before the request is on the
+		// wire (or its connection gone): a caller that crashes now has
+		// sent it, as Call promises.
+		select {
+		case <-sent.Done():
+		case <-c.ctx.Done():
+		case <-time.After(time.Second):
+		}
 		return fmt.Errorf("client: %s: %w", req.Op, context.Cause(ctx))
 	case <-c.ctx.Done():
 		return ErrClosed

@@ -58,7 +58,7 @@ func TestShopperBuysEachItemOnceDespiteCrashes(t *testing.T) {
 			defer cancel()
 
 			var out bytes.Buffer
-			s := &Shopper{Client: cfg, List: DefaultList, Plan: NewPlan(tt.seed, tt.rate), Out: &out}
+			s := &Shopper{Client: cfg, List: DefaultList, Plan: NewPlan(tt.seed, tt.rate), Reboot: 50 * time.Millisecond, Out: &out}
 			st, err := s.Run(ctx)
 			t.Logf("shopper:\n%s", out.String())
 			require.NoError(t, err)

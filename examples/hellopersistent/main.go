@@ -103,6 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		items := fs.String("items", strings.Join(DefaultList, ","), "the shopping list, comma-separated")
 		s := &Shopper{Out: stdout}
 		fs.DurationVar(&s.InFlightWait, "in-flight-wait", 0, "how long a shopper crashing in flight waits for the reply")
+		fs.DurationVar(&s.Reboot, "reboot", 50*time.Millisecond, "how long a crashed shopper takes to start again")
 		if err := parse(); err != nil {
 			return err
 		}

@@ -30,6 +30,10 @@ type Shopper struct {
 	// (Call publishes before it looks at its context). A reply that arrives
 	// within it makes the crash an after-reply one.
 	InFlightWait time.Duration
+	// Reboot is how long a crashed shopper takes to start again. A buy
+	// left in flight is run by the broker on the dead connection; a reboot
+	// faster than that finds the buy refused (stale nonce) rather than done.
+	Reboot time.Duration
 	// MaxLives bounds the restarts; 0 means 1000.
 	MaxLives int
 	// Out receives one line per begin, buy and crash; nil discards them.
@@ -84,6 +88,13 @@ func (s *Shopper) Run(ctx context.Context) (Stats, error) {
 	}
 	inFlight := -1 // a buy the last life left in flight: for the stats only
 	for st.Lives < maxLives {
+		if st.Lives > 0 && s.Reboot > 0 {
+			select {
+			case <-time.After(s.Reboot):
+			case <-ctx.Done():
+				return st, ctx.Err()
+			}
+		}
 		st.Lives++
 		// Only c and last pass from begin to shop: what a restarted device has.
 		c, last, err := s.begin(ctx, cfg, st.Lives)
