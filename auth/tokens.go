@@ -17,6 +17,8 @@ import (
 type Store interface {
 	Update(fn func(persistence.Txn) error) error
 	View(fn func(persistence.Txn) error) error
+	// Peek is View without waiting for durability (see persistence.Store.Peek).
+	Peek(fn func(persistence.Txn) error) (persistence.Durable, error)
 }
 
 // Key layout: auth/token/<id> -> JSON Token.
@@ -167,7 +169,10 @@ func (r *Tokens) load(id string) (Token, error) {
 	if ok {
 		return t, nil
 	}
-	err := r.store.View(func(tx persistence.Txn) error {
+	// A token becomes usable once Add returns its secret, after its record
+	// is durable, and a revocation only refuses: neither needs the read to
+	// wait for a sync round (which every connect of a storm would pay).
+	_, err := r.store.Peek(func(tx persistence.Txn) error {
 		v, err := tx.Get(tokenKey(id))
 		if errors.Is(err, persistence.ErrNotFound) {
 			return ErrUnknown

@@ -99,6 +99,49 @@ func TestReadWaitsForSync(t *testing.T) {
 	require.Equal(t, "v1", string(<-read))
 }
 
+// TestPeekDoesNotWaitForSync: Peek sees a committed value while the sync
+// round that covers it is still held open, and returns a Durable that is
+// done only with that round; View, in the same state, waits.
+func TestPeekDoesNotWaitForSync(t *testing.T) {
+	s := openDurable(t, t.TempDir())
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	real := s.durable.sync
+	s.durable.sync = func() error {
+		once.Do(func() { close(entered); <-release })
+		return real()
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		wrote <- s.Update(func(tx Txn) error { return tx.Set([]byte("k"), []byte("v1")) })
+	}()
+	<-entered
+
+	var v []byte
+	d, err := s.Peek(func(tx Txn) error {
+		var err error
+		v, err = tx.Get([]byte("k"))
+		return err
+	})
+	require.NoError(t, err)
+	require.Equal(t, "v1", string(v), "Peek returned during the sync round")
+	waited := make(chan error, 1)
+	go func() { waited <- d.Wait() }()
+	viewed := make(chan error, 1)
+	go func() { viewed <- s.View(func(tx Txn) error { _, err := tx.Get([]byte("k")); return err }) }()
+	select {
+	case err := <-viewed:
+		t.Fatalf("View returned %v before the sync round finished", err)
+	case err := <-waited:
+		t.Fatalf("Peek's Durable was done (%v) before the sync round finished", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	require.NoError(t, <-wrote)
+	require.NoError(t, <-viewed)
+	require.NoError(t, <-waited)
+}
+
 // TestSyncFailureIsSticky: after a failed sync nothing is known to be on
 // disk, so the commit and every later read and write report it.
 func TestSyncFailureIsSticky(t *testing.T) {

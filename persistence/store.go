@@ -230,14 +230,25 @@ func (s *Store) commitOnce(fn func(Txn) error) (uint64, error) {
 // View runs fn in a read-only snapshot. When View returns, what fn read is
 // durable.
 func (s *Store) View(fn func(Txn) error) error {
+	d, err := s.Peek(fn)
+	return firstErr(d.Wait(), err)
+}
+
+// Peek is View without the wait: it returns the Durable that covers what
+// fn read. A caller waits on it before what fn read leaves the process,
+// or not at all where acting on an unsynced write is harmless: a record
+// whose writer hands it out only once it is durable (a token is usable
+// only by whoever holds its secret), a decision that only refuses, or a
+// read that found nothing (nothing is ever unsynced about an absence in a
+// store whose records are not deleted).
+func (s *Store) Peek(fn func(Txn) error) (Durable, error) {
 	t := s.db.NewTransaction(false)
 	defer t.Discard()
 	if s.durable == nil {
-		return fn(&txn{t: t})
+		return Durable{}, fn(&txn{t: t})
 	}
 	read := s.durable.readTicket()
-	err := fn(&txn{t: t})
-	return firstErr(s.durable.wait(read), err)
+	return Durable{s.durable, read}, fn(&txn{t: t})
 }
 
 // firstErr returns the first non-nil error: a failed sync outranks what fn

@@ -20,9 +20,6 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		if err := r.expireIfDue(e, now); err != nil {
 			return err
 		}
-		if _, err := r.admitNew(e); err != nil {
-			return err
-		}
 		pol := policyFor(&e.s, r.cfg.Rules, r.cfg.DefaultPolicy)
 		if pol.Mode == Exclusive && e.s.live() && e.conn != 0 && e.conn != conn {
 			_ = r.commit(e, e.s, Event{Kind: "busy", Detail: map[string]any{"conn": conn, "holder": e.conn}})
@@ -253,12 +250,8 @@ func (r *Registry) Restore(user, name string, st Restored, fn func(tx persistenc
 		if e.s.live() && e.conn != 0 && policyFor(&e.s, r.cfg.Rules, r.cfg.DefaultPolicy).Mode == Exclusive {
 			return nil
 		}
-		isNew, err := r.admitNew(e)
-		if err != nil {
-			return err
-		}
 		now := r.now()
-		err = r.commitFn(e, isNew, func(tx persistence.Txn, s *Session) (Change, error) {
+		err := r.commitFn(e, unstored(e), func(tx persistence.Txn, s *Session) (Change, error) {
 			state := StateEnded
 			switch {
 			case st.Nonce != "":

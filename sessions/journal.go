@@ -121,6 +121,10 @@ func appendEvent(tx persistence.Txn, s *Session, e Event, keep Retention, head *
 	if err := tx.Set(persistence.Uint64Key(prefix, e.Seq), v); err != nil {
 		return err
 	}
+	if e.Seq == s.Journal.First {
+		// A journal's first event: no need to read it back to trim by age.
+		*head = journalHead{seq: e.Seq, time: e.Time.Round(0)}
+	}
 	s.Journal.Next++
 	for i := 0; i < 8 && s.Journal.First < s.Journal.Next-1; i++ {
 		tooMany := keep.MaxEvents > 0 && s.Journal.Next-s.Journal.First > uint64(keep.MaxEvents)

@@ -20,6 +20,7 @@ type Store interface {
 	Update(fn func(persistence.Txn) error) error
 	Commit(fn func(persistence.Txn) error) (persistence.Durable, error)
 	View(fn func(persistence.Txn) error) error
+	Peek(fn func(persistence.Txn) error) (persistence.Durable, error)
 }
 
 // Outbox is how the registry reaches devices; the broker implements it by
@@ -262,7 +263,7 @@ func (r *Registry) loadStored(user, name string) (*entry, error) {
 // read returns the stored record of user/name, or ErrNotFound.
 func (r *Registry) read(user, name string) (Session, error) {
 	var s Session
-	err := r.store.View(func(tx persistence.Txn) error {
+	d, err := r.store.Peek(func(tx persistence.Txn) error {
 		v, err := tx.Get(sessionKey(user, name))
 		if errors.Is(err, persistence.ErrNotFound) {
 			return ErrNotFound
@@ -272,6 +273,9 @@ func (r *Registry) read(user, name string) (Session, error) {
 		}
 		return json.Unmarshal(v, &s)
 	})
+	if !errors.Is(err, ErrNotFound) { // an absence is never unsynced: records are not deleted
+		err = firstErr(d.Wait(), err)
+	}
 	if err == nil && s.State == StateActive {
 		// Every attached session is in memory; a stored active record that is
 		// not was left by a broker that stopped (or crashed): no connection
@@ -304,6 +308,11 @@ func (r *Registry) commit(e *entry, ns Session, events ...Event) error {
 // write journals events and stores s in tx with the next version; head
 // is the journal's oldest event as appendEvent keeps it.
 func (r *Registry) write(tx persistence.Txn, s *Session, events []Event, head *journalHead) error {
+	if s.Version == 0 {
+		if err := r.admit(tx, s.User, s.Name); err != nil {
+			return err
+		}
+	}
 	s.Version++
 	for _, ev := range events {
 		if ev.Time.IsZero() {
@@ -400,31 +409,38 @@ func (r *Registry) Update(user, name string, fn func(tx persistence.Txn, s *Sess
 // in order and waits outside, sharing sync rounds.
 func (r *Registry) Commit(user, name string, fn func(tx persistence.Txn, s *Session) (Change, error)) (persistence.Durable, error) {
 	return r.withEntry(user, name, func(e *entry) error {
-		isNew, err := r.admitNew(e)
-		if err != nil {
-			return err
-		}
-		return r.commitFn(e, isNew, fn)
+		return r.commitFn(e, unstored(e), fn)
 	})
 }
 
-// admitNew reports whether e's session is not stored yet, and refuses it
-// when its user already holds MaxSessionsPerUser sessions.
-func (r *Registry) admitNew(e *entry) (bool, error) {
-	if e.s.Version > 0 || e.s.Journal.Next != 0 || e.s.State != StateNew {
-		return false, nil // committed once, so stored (records are never deleted)
+// unstored reports whether e's session has never been committed, so its
+// first commit must store it (and is subject to admission, see admit).
+func unstored(e *entry) bool {
+	return e.s.Version == 0 && e.s.Journal.Next == 0 && e.s.State == StateNew
+}
+
+// admit refuses to store a new session for user when the user already
+// holds MaxSessionsPerUser sessions. It reads inside the transaction that
+// stores the session, so the check costs no read of its own and no wait
+// for a sync round: the commit's own round covers what it read.
+func (r *Registry) admit(tx persistence.Txn, user, name string) error {
+	if _, err := tx.Get(sessionKey(user, name)); !errors.Is(err, persistence.ErrNotFound) {
+		if err == nil {
+			// Loaded as missing, yet stored: never overwrite a record
+			// this registry has not read.
+			return fmt.Errorf("sessions: %s/%s is stored but was not loaded", user, name)
+		}
+		return err
 	}
-	if _, err := r.read(e.s.User, e.s.Name); !errors.Is(err, ErrNotFound) {
-		return false, err
+	held := 0
+	err := tx.Scan(persistence.Prefix("sess", user), nil, func(_, _ []byte) (bool, error) {
+		held++
+		return held < r.cfg.MaxSessionsPerUser, nil
+	})
+	if err == nil && held >= r.cfg.MaxSessionsPerUser {
+		err = fmt.Errorf("%w: %s holds %d, the limit", ErrTooManySessions, user, held)
 	}
-	names, err := r.Names(e.s.User)
-	if err != nil {
-		return false, err
-	}
-	if len(names) >= r.cfg.MaxSessionsPerUser {
-		return false, fmt.Errorf("%w: %s holds %d, the limit", ErrTooManySessions, e.s.User, len(names))
-	}
-	return true, nil
+	return err
 }
 
 // with runs fn with the entry of user/name locked, then, unlocked, waits
