@@ -203,7 +203,7 @@ func (h *access) refuseBadName(cl *mqtt.Client, p auth.Principal, name string, p
 	res := wire.Response{ID: req.ID, Error: wire.Errorf(wire.CodeBadRequest,
 		"session name %q is not a name: want 1 to 64 of A-Z a-z 0-9 . _ -", name)}
 	if h.out != nil {
-		h.out.replyOn(wire.SessionTopic(p.User, name, wire.LeafRes), p.User, name, pk, res)
+		h.out.replyOn(wire.SessionTopic(p.User, name, wire.LeafRes), p.User, name, replyToOf(pk), res)
 	}
 	h.log.Info("request on an invalid session name", "client", cl.ID, "user", p.User, "topic", pk.TopicName)
 	return h.acks.deny(cl, pk, packets.ErrTopicNameInvalid)

@@ -45,9 +45,9 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 	// goes on reading.
 	if err != nil {
 		h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
-		h.acks.push(cl, pendingAck{pk: pk, err: err})
+		h.acks.push(cl, pendingAck{pk: refOf(pk), err: err})
 	} else {
-		h.acks.push(cl, pendingAck{pk: pk, notify: &notifyJob{user: user, target: target, m: m}})
+		h.acks.push(cl, pendingAck{pk: refOf(pk), notify: &notifyJob{user: user, target: target, m: m}})
 	}
 	return packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
 }
@@ -84,7 +84,7 @@ func (h *sessionHook) commitNotifies(run []pendingAck) {
 
 func (h *sessionHook) logRefusal(p pendingAck) {
 	if p.err != nil {
-		h.log.Info("notify refused", "topic", p.pk.TopicName, "error", p.err)
+		h.log.Info("notify refused", "topic", p.pk.topic, "error", p.err)
 	}
 }
 

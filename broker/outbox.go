@@ -46,22 +46,33 @@ func (o *outbox) publish(topic string, v any, qos byte, retain bool, props packe
 	}
 }
 
+// replyTo is what a reply needs of its request: MQTT 5's response topic
+// and correlation data (both empty for MQTT 3.1.1).
+type replyTo struct {
+	topic       string
+	correlation []byte
+}
+
+func replyToOf(req packets.Packet) replyTo {
+	return replyTo{topic: req.Properties.ResponseTopic, correlation: req.Properties.CorrelationData}
+}
+
 // reply answers the request req on sessions/U/S/res, where U is the
 // requester (the ACL let only U publish on sessions/U/S/req). An MQTT 5
 // request's correlation data always comes back; its response topic is
 // used only when responseTopicAllowed says so. The access hook already
 // cleared (and counted) a refused one; this check is the last line.
-func (o *outbox) reply(user, name string, req packets.Packet, res wire.Response) {
+func (o *outbox) reply(user, name string, req replyTo, res wire.Response) {
 	o.replyOn(wire.SessionTopic(user, name, wire.LeafRes), user, name, req, res)
 }
 
 // replyOn is reply with def as the default topic.
-func (o *outbox) replyOn(def, user, name string, req packets.Packet, res wire.Response) {
+func (o *outbox) replyOn(def, user, name string, req replyTo, res wire.Response) {
 	topic := def
-	if rt := req.Properties.ResponseTopic; rt != "" && responseTopicAllowed(user, name, rt) {
+	if rt := req.topic; rt != "" && responseTopicAllowed(user, name, rt) {
 		topic = rt
 	}
-	o.publish(topic, res, 0, false, packets.Properties{CorrelationData: req.Properties.CorrelationData})
+	o.publish(topic, res, 0, false, packets.Properties{CorrelationData: req.correlation})
 }
 
 // responseTopicAllowed reports whether the broker may answer user's request

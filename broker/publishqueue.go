@@ -39,12 +39,25 @@ type publishQueues struct {
 
 // pendingAck is one publish waiting to be acknowledged.
 type pendingAck struct {
-	pk      packets.Packet
+	pk      publishRef
 	run     func()     // the request to run before the PUBACK
 	notify  *notifyJob // the notify to commit before the PUBACK
 	durable persistence.Durable
 	err     error  // the refusal to report: a packets.Code as is, else mapped by reasonFor
 	then    func() // runs once durable, unless refused: start delivering
+}
+
+// publishRef is what an ack queue keeps of a publish: enough to
+// acknowledge it and to name it in a log line, not the whole packet (a
+// packets.Packet is over a kilobyte, and a busy connection queues many).
+type publishRef struct {
+	id    uint16
+	qos   byte
+	topic string
+}
+
+func refOf(pk packets.Packet) publishRef {
+	return publishRef{id: pk.PacketID, qos: pk.FixedHeader.Qos, topic: pk.TopicName}
 }
 
 // notifyJob is a notify waiting in its connection's ack queue to be
@@ -128,7 +141,7 @@ func (n *publishQueues) deny(cl *mqtt.Client, pk packets.Packet, code packets.Co
 	case pk.FixedHeader.Qos == 0:
 		return packets.ErrRejectPacket
 	case pk.FixedHeader.Qos == 1:
-		n.push(cl, pendingAck{pk: pk, err: code})
+		n.push(cl, pendingAck{pk: refOf(pk), err: code})
 		return packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
 	case cl.Properties.ProtocolVersion == 5:
 		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID, ReasonCode: code.Code}
@@ -221,7 +234,7 @@ func (q *ackQueue) finish(p pendingAck) {
 	if p.err == nil && p.then != nil {
 		defer p.then()
 	}
-	if p.pk.FixedHeader.Qos == 0 {
+	if p.pk.qos == 0 {
 		return
 	}
 	code := packets.CodeSuccess
@@ -234,7 +247,7 @@ func (q *ackQueue) finish(p pendingAck) {
 	}
 	ack := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Puback},
-		PacketID:    p.pk.PacketID,
+		PacketID:    p.pk.id,
 		ReasonCode:  code.Code,
 	}
 	if code.Code >= packets.ErrUnspecifiedError.Code {

@@ -89,12 +89,13 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	case wire.LeafReq:
 		if pk.FixedHeader.Qos == 2 { // exactly-once publish handshakes stay with mochi
 			h.acks.settle(cl) // after the requests before it
-			h.request(cl, user, name, pk)
+			h.request(cl, user, name, pk.Payload, replyToOf(pk))
 			return pk, packets.CodeSuccessIgnore
 		}
 		// Run by the connection's ack queue, in order with its other
 		// publishes; the PUBACK follows the reply.
-		h.acks.push(cl, pendingAck{pk: pk, run: func() { h.request(cl, user, name, pk) }})
+		payload, to := pk.Payload, replyToOf(pk) // not pk: the closure would copy it to the heap
+		h.acks.push(cl, pendingAck{pk: refOf(pk), run: func() { h.request(cl, user, name, payload, to) }})
 		return pk, packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it
 	case wire.LeafPresence:
 		// Presence is broker-owned; a device speaks to it only through its will.
@@ -104,9 +105,9 @@ func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 }
 
 // request runs one request and answers it.
-func (h *sessionHook) request(cl *mqtt.Client, user, name string, pk packets.Packet) {
-	res := h.handle(cl, user, name, pk.Payload)
-	h.out.reply(user, name, pk, res)
+func (h *sessionHook) request(cl *mqtt.Client, user, name string, payload []byte, to replyTo) {
+	res := h.handle(cl, user, name, payload)
+	h.out.reply(user, name, to, res)
 	// After the reply: queued notifications follow it, whether the
 	// instance just began or came back (after a reconnect or a broker
 	// restart) with any other request.

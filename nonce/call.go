@@ -72,18 +72,23 @@ type Outcome struct {
 // returned as is; a seq at or below lastSeq without one is refused
 // (ErrSeqTooOld); an unknown method is refused (ErrUnknownMethod);
 // otherwise the handler runs and its reply is stored, keeping the replies
-// of the last keep seqs. The caller commits (or, on error, discards) tx.
+// of the last keep seqs. The caller commits (or, on error, discards) tx,
+// and stores req.Seq as the session's last seq in it: a seq above lastSeq
+// has no stored reply, so only a retry (at or below it) reads one.
 func Execute(ctx context.Context, tx persistence.Txn, user, session string, lastSeq uint64, req Request,
 	handlers func(method string) (Handler, bool), keep uint64, now time.Time) (Outcome, error) {
 	sum := sha256.Sum256(append([]byte(req.Method+"\x00"), req.Args...))
-	if r, ok, err := GetReply(tx, user, session, req.Seq); err != nil || ok {
-		if err == nil && (r.Method != req.Method || !bytes.Equal(r.Args, sum[:])) {
+	if req.Seq <= lastSeq {
+		r, ok, err := GetReply(tx, user, session, req.Seq)
+		switch {
+		case err != nil:
+			return Outcome{}, err
+		case !ok:
+			return Outcome{}, fmt.Errorf("%w: seq %d ≤ last committed %d and its reply is no longer kept", ErrSeqTooOld, req.Seq, lastSeq)
+		case r.Method != req.Method || !bytes.Equal(r.Args, sum[:]):
 			return Outcome{}, fmt.Errorf("%w: seq %d was %s with other arguments; retry it unchanged or begin again", ErrSeqReused, req.Seq, r.Method)
 		}
-		return Outcome{Reply: r.OK, Cached: true}, err
-	}
-	if req.Seq <= lastSeq {
-		return Outcome{}, fmt.Errorf("%w: seq %d ≤ last committed %d and its reply is no longer kept", ErrSeqTooOld, req.Seq, lastSeq)
+		return Outcome{Reply: r.OK, Cached: true}, nil
 	}
 	h, ok := handlers(req.Method)
 	if !ok {
