@@ -54,24 +54,26 @@ func (b *benchFlags) profile() (func(), error) {
 // benchCmd dispatches `device-sim bench <what>`.
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("bench: want pubsub, idle, connect or all")
+		return usagef("bench: want pubsub, calls, idle, connect or all")
 	}
 	switch args[0] {
 	case "pubsub":
 		return benchPubsubCmd(ctx, args[1:], stdout, stderr)
+	case "calls":
+		return benchCallsCmd(ctx, args[1:], stdout, stderr)
 	case "idle":
 		return benchIdleCmd(ctx, args[1:], stdout, stderr)
 	case "connect":
 		return benchConnectCmd(ctx, args[1:], stdout, stderr)
 	case "all":
-		for _, sub := range []func(context.Context, []string, io.Writer, io.Writer) error{benchPubsubCmd, benchIdleCmd, benchConnectCmd} {
+		for _, sub := range []func(context.Context, []string, io.Writer, io.Writer) error{benchPubsubCmd, benchCallsCmd, benchIdleCmd, benchConnectCmd} {
 			if err := sub(ctx, args[1:], stdout, stderr); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return usagef("bench: unknown benchmark %q (want pubsub, idle, connect or all)", args[0])
+	return usagef("bench: unknown benchmark %q (want pubsub, calls, idle, connect or all)", args[0])
 }
 
 // tempDir makes a scratch directory, removed by the returned func unless keep.

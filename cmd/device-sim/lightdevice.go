@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,7 +25,13 @@ import (
 // paho client does, so that the broker, not device-sim, is what is
 // measured.
 type lightSession struct {
-	conn net.Conn
+	conn     net.Conn
+	r        *bufio.Reader
+	connID   string
+	req, res string // the session's request and reply topics
+	nonce    string // the current instance, from the begin reply
+	nextSeq  uint64 // the seq of the next call
+	requests uint64 // requests sent, for their ids
 }
 
 // dialLightSession connects as user to session at addr (host:port) and
@@ -52,6 +59,8 @@ func dialLightSession(ctx context.Context, addr, user, token, session string, be
 
 func (s *lightSession) start(user, token, session string, begin bool) error {
 	connID := randomID()
+	s.connID = connID
+	s.req, s.res = wire.SessionTopic(user, session, wire.LeafReq), wire.SessionTopic(user, session, wire.LeafRes)
 	c := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
 		Connect: packets.ConnectParams{
 			ProtocolName: []byte("MQTT"), ClientIdentifier: "sim-" + user + "-" + connID, Clean: true,
@@ -87,10 +96,9 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 	if _, err := s.conn.Write(buf.Bytes()); err != nil {
 		return fmt.Errorf("connect %s: %w", user, err)
 	}
-	r := bufio.NewReaderSize(s.conn, 1024)
-	res := wire.SessionTopic(user, session, wire.LeafRes)
+	s.r = bufio.NewReaderSize(s.conn, 1024)
 	for {
-		pk, err := mqttread.Packet(r, 4)
+		pk, err := mqttread.Packet(s.r, 4)
 		if err != nil {
 			return fmt.Errorf("%s: %w", user, err)
 		}
@@ -109,23 +117,95 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 				}
 			}
 		case packets.Publish:
-			if pk.FixedHeader.Qos == 1 {
-				ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-				var b bytes.Buffer
-				_ = ack.PubackEncode(&b)
-				if _, err := s.conn.Write(b.Bytes()); err != nil {
-					return err
-				}
+			r, ok, err := s.reply(pk)
+			if err != nil {
+				return err
 			}
-			if pk.TopicName != res {
+			if !ok {
 				continue
 			}
-			var r wire.Response
-			if err := json.Unmarshal(pk.Payload, &r); err != nil || r.Error != nil {
-				return fmt.Errorf("begin %s/%s: %s %v", user, session, pk.Payload, err)
+			var b struct {
+				Nonce   string `json:"nonce"`
+				NextSeq uint64 `json:"next_seq"`
 			}
+			if r.Error != nil || json.Unmarshal(r.OK, &b) != nil || b.Nonce == "" {
+				return fmt.Errorf("begin %s/%s: %s", user, session, pk.Payload)
+			}
+			s.nonce, s.nextSeq = b.Nonce, b.NextSeq
 			return nil
 		}
+	}
+}
+
+// lightReply is a reply as the light device reads it.
+type lightReply struct {
+	ID    json.RawMessage `json:"id"`
+	OK    json.RawMessage `json:"ok"`
+	Error *wire.Error     `json:"error"`
+}
+
+// reply acknowledges a QoS 1 publish and, when pk is on the session's
+// reply topic, decodes it (ok true).
+func (s *lightSession) reply(pk packets.Packet) (lightReply, bool, error) {
+	var r lightReply
+	if pk.FixedHeader.Qos == 1 {
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+		var b bytes.Buffer
+		_ = ack.PubackEncode(&b)
+		if _, err := s.conn.Write(b.Bytes()); err != nil {
+			return r, false, err
+		}
+	}
+	if pk.TopicName != s.res {
+		return r, false, nil
+	}
+	if err := json.Unmarshal(pk.Payload, &r); err != nil {
+		return r, false, fmt.Errorf("reply on %s: %w: %q", s.res, err, pk.Payload)
+	}
+	return r, true, nil
+}
+
+// call makes an exactly-once call of the begun instance (QoS 0, as the
+// SDK sends requests) and waits for its reply, skipping other messages.
+func (s *lightSession) call(method string, args any) (json.RawMessage, error) {
+	a, err := json.Marshal(args)
+	if err != nil {
+		return nil, err
+	}
+	s.requests++
+	id := json.RawMessage(strconv.Quote(s.connID + ".c" + strconv.FormatUint(s.requests, 10)))
+	req, err := json.Marshal(wire.Request{ID: id, Op: wire.OpCall, Nonce: s.nonce, Seq: s.nextSeq, Method: method, Args: a})
+	if err != nil {
+		return nil, err
+	}
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4, TopicName: s.req, Payload: req}
+	var buf bytes.Buffer
+	if err := pub.PublishEncode(&buf); err != nil {
+		return nil, err
+	}
+	if _, err := s.conn.Write(buf.Bytes()); err != nil {
+		return nil, err
+	}
+	for {
+		pk, err := mqttread.Packet(s.r, 4)
+		if err != nil {
+			return nil, err
+		}
+		if pk.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		r, ok, err := s.reply(pk)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || !bytes.Equal(r.ID, id) {
+			continue
+		}
+		if r.Error != nil {
+			return nil, fmt.Errorf("call %s seq %d: %s: %s", method, s.nextSeq, r.Error.Code, r.Error.Message)
+		}
+		s.nextSeq++
+		return r.OK, nil
 	}
 }
 

@@ -167,6 +167,37 @@ func TestBenchConnect(t *testing.T) {
 	require.Contains(t, stdout.String(), "broker CPU ms/session")
 }
 
+// TestBenchCalls runs the calls benchmark small against a real broker
+// process: every call is answered with the count it should have (the
+// benchmark checks exactly-once), and rates and latencies are measured.
+func TestBenchCalls(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "calls.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout strings.Builder
+	err := benchCallsCmd(ctx, []string{"--sessions", "1,4", "--duration", "300ms", "--json", out}, &stdout, io.Discard)
+	require.NoError(t, err)
+	var results []callsResult
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &results))
+	require.Len(t, results, 2)
+	for i, n := range []int{1, 4} {
+		r := results[i]
+		require.Empty(t, r.Error)
+		require.Equal(t, n, r.Sessions)
+		require.Greater(t, r.Calls, int64(n), "every session called more than once")
+		require.Equal(t, r.Calls, r.Latency.Count)
+		require.Positive(t, r.Rate)
+		require.Positive(t, r.BrokerCPU, "the broker spent CPU on the calls")
+		require.Positive(t, r.Fsyncs)
+	}
+	require.Contains(t, stdout.String(), "broker CPU µs/call")
+
+	err = benchCallsCmd(ctx, []string{"--sessions", "0"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "--sessions")
+}
+
 // TestBenchPubsub runs the pubsub benchmark small against bare mochi and
 // the real broker binary, each a process of its own: every durable
 // notification arrives, and the rates and latencies are measured values.
