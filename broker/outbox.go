@@ -34,7 +34,12 @@ func (o *outbox) publish(topic string, v any, qos byte, retain bool, props packe
 		o.log.Error("encode broker message", "topic", topic, "error", err)
 		return
 	}
-	err = o.srv.InjectPacket(o.cl, packets.Packet{
+	o.publishPayload(topic, payload, qos, retain, props)
+}
+
+// publishPayload is publish of an encoded payload.
+func (o *outbox) publishPayload(topic string, payload []byte, qos byte, retain bool, props packets.Properties) {
+	err := o.srv.InjectPacket(o.cl, packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
 		TopicName:   topic,
 		Payload:     payload,
@@ -107,7 +112,7 @@ func (o *outbox) Presence(user, name string, p sessions.Presence) {
 	o.publish(wire.SessionTopic(user, name, wire.LeafPresence), p, 1, true, packets.Properties{})
 }
 
-// publishQoS1 sends v on topic at QoS 1, not retained.
-func (o *outbox) publishQoS1(topic string, v any) {
-	o.publish(topic, v, 1, false, packets.Properties{})
+// notify delivers n on topic at QoS 1, not retained.
+func (o *outbox) notify(topic string, n wire.Notification) {
+	o.publishPayload(topic, n.AppendJSON(make([]byte, 0, 64+len(n.Data))), 1, false, packets.Properties{})
 }

@@ -374,7 +374,7 @@ func (d *delivery) pump(user, session string) {
 			c.sent = e.Seq
 			continue
 		}
-		d.out.publishQoS1(topic, wire.Notification{Seq: e.Seq, Prev: c.sent, Data: e.Data, TS: e.Enqueued.UnixMilli()})
+		d.out.notify(topic, wire.Notification{Seq: e.Seq, Prev: c.sent, Data: e.Data, TS: e.Enqueued.UnixMilli()})
 		c.sent = e.Seq
 	}
 	d.metrics.delivered.Add(float64(len(entries)))

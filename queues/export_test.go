@@ -18,3 +18,7 @@ func EncodeEntryRow(e Entry) []byte { return encodeEntry(e) }
 func EncodeStateRow(m Meta, first, expiryFrom uint64) []byte {
 	return encodeState(state{Meta: m, First: first, ExpiryFrom: expiryFrom})
 }
+
+// DecodeMessageSlow is DecodeMessage without its fast path: the reference
+// the fuzz test holds the fast path to.
+func DecodeMessageSlow(payload []byte) (Message, error) { return decodeMessageSlow(payload) }

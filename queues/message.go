@@ -98,6 +98,15 @@ func DecodeMessage(payload []byte, maxBytes int) (Message, error) {
 	if !utf8.Valid(payload) {
 		return Message{}, fmt.Errorf("%w: payload is not valid UTF-8", ErrBadMessage)
 	}
+	if m, ok := decodeMessageFast(payload); ok {
+		return m, nil
+	}
+	return decodeMessageSlow(payload)
+}
+
+// decodeMessageSlow is DecodeMessage with a token decoder: every payload
+// decodeMessageFast does not accept comes here, for the exact error.
+func decodeMessageSlow(payload []byte) (Message, error) {
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return Message{}, fmt.Errorf("%w: payload is not a JSON object", ErrBadMessage)
@@ -150,6 +159,125 @@ func DecodeMessage(payload []byte, maxBytes int) (Message, error) {
 		return Message{}, fmt.Errorf("%w: missing field data", ErrBadMessage)
 	}
 	return m, nil
+}
+
+// decodeMessageFast accepts what DecodeMessage accepts when it is simple:
+// valid JSON (the payload is UTF-8 already) whose top-level object has
+// keys without escapes. It returns ok false, never an error, for anything
+// else, which decodeMessageSlow then decodes or explains. Notifiers send
+// one of these per notification; the token decoder cost more than the
+// rest of the notify's decoding and validation.
+func decodeMessageFast(p []byte) (m Message, ok bool) {
+	if !json.Valid(p) {
+		return Message{}, false
+	}
+	i := skipSpace(p, 0)
+	if i >= len(p) || p[i] != '{' {
+		return Message{}, false
+	}
+	var seen [3]bool // data, ttl_ms, key
+	i = skipSpace(p, i+1)
+	for i < len(p) && p[i] != '}' {
+		// A key: valid JSON makes it a string; one with escapes goes the slow way.
+		end := bytes.IndexByte(p[i+1:], '"')
+		if end < 0 {
+			return Message{}, false
+		}
+		name := p[i+1 : i+1+end]
+		if bytes.IndexByte(name, '\\') >= 0 {
+			return Message{}, false
+		}
+		i = skipSpace(p, i+end+2)
+		if i >= len(p) || p[i] != ':' {
+			return Message{}, false
+		}
+		start := skipSpace(p, i+1)
+		stop, spaced := valueEnd(p, start)
+		raw := p[start:stop]
+		field := -1
+		var err error
+		switch string(name) {
+		case "data":
+			field = 0
+			if string(raw) == "null" {
+				return Message{}, false
+			}
+			if spaced {
+				raw = compactData(raw)
+			} else {
+				raw = bytes.Clone(raw)
+			}
+			m.Data = raw
+		case "ttl_ms":
+			field = 1
+			m.TTL, err = decodeTTL(raw)
+		case "key":
+			field = 2
+			if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+				// Without escapes a valid JSON string is its own text.
+				m.Key = string(raw[1 : len(raw)-1])
+				if m.Key == "" || checkKey(m.Key) != nil {
+					return Message{}, false
+				}
+			} else {
+				m.Key, err = decodeKey(raw)
+			}
+		}
+		if field < 0 || err != nil || seen[field] {
+			return Message{}, false
+		}
+		seen[field] = true
+		i = skipSpace(p, stop)
+		if i < len(p) && p[i] == ',' {
+			i = skipSpace(p, i+1)
+		}
+	}
+	return m, seen[0]
+}
+
+func skipSpace(p []byte, i int) int {
+	for i < len(p) && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// valueEnd returns the end of the JSON value starting at p[i], which must
+// be valid, and whether white space outside strings occurs inside it.
+func valueEnd(p []byte, i int) (end int, spaced bool) {
+	depth := 0
+	for ; i < len(p); i++ {
+		switch c := p[i]; c {
+		case '"':
+			for i++; i < len(p) && p[i] != '"'; i++ {
+				if p[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return i + 1, spaced
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i, spaced // the end of the enclosing object
+			}
+			if depth--; depth == 0 {
+				return i + 1, spaced
+			}
+		case ',':
+			if depth == 0 {
+				return i, spaced
+			}
+		case ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i, spaced
+			}
+			spaced = true
+		}
+	}
+	return i, spaced
 }
 
 func decodeTTL(raw json.RawMessage) (time.Duration, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +95,8 @@ func TestDecodeMessage(t *testing.T) {
 }
 
 // FuzzDecodeMessage: any payload gives a valid message or a well-formed
-// error, never a panic; an accepted message re-encodes to a payload that
+// error, never a panic; an accepted message is what the token decoder
+// (the path before the fast one) makes of it, re-encodes to a payload that
 // decodes to the same message, and Enqueue's checks accept it.
 func FuzzDecodeMessage(f *testing.F) {
 	for _, s := range []string{
@@ -102,6 +104,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		`{"key":"k","data":[1,"<&>",null,true],"ttl_ms":0}`, ` {"data" : "x" } `, `{"data":"\u2028\ud800"}`,
 		`{"data":null}`, `{"data":1,"data":2}`, `{"data":1,"ttl_ms":1e3}`, `{"data":1,"extra":{}}`,
 		`{"data":1}{}`, `[`, `{"data":1,"key":"a\u0000"}`, "\xff", `{"data":1,"ttl_ms":-0}`,
+		`{"d\u0061ta":1}`, `{ "data" : { "a" : [ 1 , "x y" ] } , "key" : "k" }`, `{"data":"a\"}b","ttl_ms":5}`, `{"data":{}}`, `{}`,
 	} {
 		f.Add([]byte(s), 256)
 	}
@@ -118,6 +121,9 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 		if maxBytes > 0 && len(payload) > maxBytes {
 			t.Fatalf("accepted %d bytes over the limit %d", len(payload), maxBytes)
+		}
+		if slow, err := queues.DecodeMessageSlow(payload); err != nil || !reflect.DeepEqual(slow, m) {
+			t.Fatalf("fast path gave %+v; the token decoder %+v, %v", m, slow, err)
 		}
 		if err := m.Validate(); err != nil {
 			t.Fatalf("accepted a message Enqueue refuses: %v", err)
@@ -161,4 +167,26 @@ func jsonEqual(a, b []byte) bool {
 	xa, _ := json.Marshal(x)
 	ya, _ := json.Marshal(y)
 	return bytes.Equal(xa, ya)
+}
+
+// BenchmarkDecodeMessage decodes a typical notify payload, by the fast
+// path and by the token decoder alone.
+func BenchmarkDecodeMessage(b *testing.B) {
+	p := []byte(`{"data":{"i":123,"t":1764650000000000000,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"ttl_ms":60000,"key":"state"}`)
+	for _, c := range []struct {
+		name   string
+		decode func([]byte) (queues.Message, error)
+	}{
+		{"fast", func(p []byte) (queues.Message, error) { return queues.DecodeMessage(p, 0) }},
+		{"tokens", queues.DecodeMessageSlow},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if _, err := c.decode(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -1,6 +1,9 @@
 package wire
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strconv"
+)
 
 // Notification is the payload on sessions/U/S/notify.
 //
@@ -14,6 +17,26 @@ type Notification struct {
 	Prev uint64          `json:"prev"`
 	Data json.RawMessage `json:"data"`
 	TS   int64           `json:"ts"` // enqueue time, Unix milliseconds
+}
+
+// AppendJSON appends n's JSON encoding to b: what json.Marshal writes,
+// except that Data goes out as it is, which must be compact valid JSON (a
+// queue stores it so), and without json.Marshal's escaping of <, > and &.
+// The broker encodes every delivery with it.
+func (n Notification) AppendJSON(b []byte) []byte {
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, n.Seq, 10)
+	b = append(b, `,"prev":`...)
+	b = strconv.AppendUint(b, n.Prev, 10)
+	b = append(b, `,"data":`...)
+	if len(n.Data) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, n.Data...)
+	}
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, n.TS, 10)
+	return append(b, '}')
 }
 
 // NotifyRoot is the application topic where service users notify sessions:
