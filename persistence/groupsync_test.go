@@ -25,6 +25,21 @@ func openDurable(t *testing.T, dir string) *Store {
 	return s
 }
 
+// TestOpenSyncsWhatTheStoreHeld: opening runs one sync round before
+// anything is read, which fsyncs the logs an earlier process may have left
+// unsynced (a kill -9 leaves its writes in the page cache).
+func TestOpenSyncsWhatTheStoreHeld(t *testing.T) {
+	dir := t.TempDir()
+	s := openDurable(t, dir)
+	require.NoError(t, s.Update(func(tx Txn) error { return tx.Set([]byte("k"), []byte("v")) }))
+	require.NoError(t, s.Close())
+	again := openDurable(t, dir)
+	commits, syncs := again.Stats()
+	require.Equal(t, uint64(0), commits)
+	require.Equal(t, uint64(1), syncs, "one round at open")
+	require.NotEmpty(t, again.logs.open, "the round opened (and synced) the live logs")
+}
+
 // TestGroupCommitSharesSyncs has many writers commit at once: every commit
 // is counted, and they share sync rounds instead of paying one each.
 func TestGroupCommitSharesSyncs(t *testing.T) {

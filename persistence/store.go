@@ -123,6 +123,14 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.SyncWrites {
 		s.logs = &logFiles{dir: cfg.Dir}
 		s.durable = newGroupSync(s.logs.sync)
+		// What an earlier process wrote may not be on disk yet (a kill -9
+		// leaves it in the page cache): round 1 syncs it before anything
+		// is read.
+		if err := s.durable.wait(1); err != nil {
+			cancel()
+			_ = db.Close()
+			return nil, err
+		}
 	}
 	s.wg.Add(1)
 	go s.gcLoop(ctx)
