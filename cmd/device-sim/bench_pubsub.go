@@ -48,6 +48,9 @@ type pubsubResult struct {
 	PubRate   float64       `json:"acks_per_s"` // PUBACKs / (last PUBACK - first publish)
 	Latency   Summary       `json:"notify_to_deliver"`
 	Lost      int           `json:"lost,omitempty"` // plain targets only: acknowledged, then dropped by the broker
+	// BrokerCPU is the broker process's CPU time (user+system) per
+	// delivered message over the run; 0 when it runs inside device-sim.
+	BrokerCPU time.Duration `json:"broker_cpu_per_msg_ns,omitempty"`
 	Error     string        `json:"error,omitempty"`
 }
 
@@ -144,6 +147,7 @@ type pubsubEnv struct {
 	// data (Tether: the notification's data; plain: the payload).
 	receive func(ctx context.Context, i int, got func([]byte)) (stop func(), err error)
 	close   func()
+	pid     int // the broker's process, 0 when it runs inside device-sim
 }
 
 func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Writer) (res pubsubResult) {
@@ -217,6 +221,7 @@ func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Wri
 		errOnce sync.Once
 		pubErr  error
 	)
+	cpu0, _ := cpuTime(env.pid)
 	start := time.Now()
 	for i, cli := range pubs {
 		wg.Add(1)
@@ -251,6 +256,9 @@ func runPubsub(ctx context.Context, c pubsubConfig, target string, stderr io.Wri
 		break
 	}
 	res.Acked, res.Delivered = int(acked.Load()), int(delivered.Load())
+	if cpu1, err := cpuTime(env.pid); err == nil && env.pid != 0 && res.Delivered > 0 {
+		res.BrokerCPU = (cpu1 - cpu0) / time.Duration(res.Delivered)
+	}
 	if last := lastDeliv.Load(); last > 0 {
 		res.Elapsed = time.Unix(0, last).Sub(start)
 		res.Rate = float64(res.Delivered) / res.Elapsed.Seconds()
@@ -282,8 +290,8 @@ const pubsubQuiet = 2 * time.Second
 
 func startPubsubTarget(ctx context.Context, c pubsubConfig, target, dir string) (*pubsubEnv, error) {
 	plainTopic := func(i int) string { return fmt.Sprintf("bench/%d", i) }
-	plain := func(addr string, stop func()) *pubsubEnv {
-		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic), close: stop}
+	plain := func(addr string, stop func(), pid int) *pubsubEnv {
+		return &pubsubEnv{url: "tcp://" + addr, topic: plainTopic, receive: plainReceiver("tcp://"+addr, plainTopic), close: stop, pid: pid}
 	}
 	switch target {
 	case "mosquitto":
@@ -291,20 +299,20 @@ func startPubsubTarget(ctx context.Context, c pubsubConfig, target, dir string) 
 		if err != nil {
 			return nil, err
 		}
-		return plain(addr, func() { _ = proc.stop(5 * time.Second) }), nil
+		return plain(addr, func() { _ = proc.stop(5 * time.Second) }, proc.Pid()), nil
 	case "mochi":
 		if c.inProcess {
 			srv, addr, err := startMochi("127.0.0.1:0")
 			if err != nil {
 				return nil, err
 			}
-			return plain(addr, func() { _ = srv.Close() }), nil
+			return plain(addr, func() { _ = srv.Close() }, 0), nil
 		}
 		proc, addr, err := startMochiProcess(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return plain(addr, func() { _ = proc.stop(5 * time.Second) }), nil
+		return plain(addr, func() { _ = proc.stop(5 * time.Second) }, proc.Pid()), nil
 	case "tether-plain", "tether", "tether-enqueue":
 		grants := map[auth.Role][]string{}
 		if target != "tether-plain" {
@@ -318,7 +326,7 @@ func startPubsubTarget(ctx context.Context, c pubsubConfig, target, dir string) 
 			return nil, err
 		}
 		if target == "tether-plain" {
-			return plain(t.addr, t.close), nil
+			return plain(t.addr, t.close, t.pid), nil
 		}
 		url := "tcp://" + t.addr
 		receive := tetherReceiver(url, tokens)
@@ -330,6 +338,7 @@ func startPubsubTarget(ctx context.Context, c pubsubConfig, target, dir string) 
 			topic:   func(i int) string { return "tether/notify/" + deviceUser(i) + "/s" },
 			receive: receive,
 			close:   t.close,
+			pid:     t.pid,
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown target %q", target)
@@ -340,6 +349,7 @@ func startPubsubTarget(ctx context.Context, c pubsubConfig, target, dir string) 
 type benchTether struct {
 	addr  string
 	close func()
+	pid   int // 0 in this process
 }
 
 // startBenchTether opens Tether on dir with MQTT on a free loopback port
@@ -383,7 +393,7 @@ func startBenchTether(ctx context.Context, c pubsubConfig, dir string, anonymous
 	if err != nil {
 		return nil, nil, err
 	}
-	return &benchTether{addr: addr, close: func() { _ = proc.stop(10 * time.Second) }}, tokens, nil
+	return &benchTether{addr: addr, close: func() { _ = proc.stop(10 * time.Second) }, pid: proc.Pid()}, tokens, nil
 }
 
 func deviceUser(i int) string { return fmt.Sprintf("bench-d%d", i) }
@@ -455,7 +465,7 @@ func pubsubTable(c pubsubConfig, rs []pubsubResult) string {
 	fmt.Fprintf(&b, "notify->deliver, QoS 1: %d notifiers -> %d receivers, %d messages each (%d in all), %d unacknowledged per notifier, %d-byte padding\n\n",
 		c.notifiers, c.notifiers, c.messages, c.notifiers*c.messages, c.inflight, c.payload)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "target\tdelivered\tseconds\tmsgs/s\tPUBACKs/s\tp50 ms\tp99 ms\t")
+	fmt.Fprintln(tw, "target\tdelivered\tseconds\tmsgs/s\tPUBACKs/s\tp50 ms\tp99 ms\tbroker CPU µs/msg\t")
 	rate := map[string]float64{}
 	for _, r := range rs {
 		rate[r.Target] = r.Rate
@@ -463,8 +473,12 @@ func pubsubTable(c pubsubConfig, rs []pubsubResult) string {
 		if r.Latency.Count > 0 {
 			p50, p99 = ms(r.Latency.P50), ms(r.Latency.P99)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, thousands(int64(r.Delivered)), formatFloat(r.Elapsed.Seconds(), 2),
-			thousands(int64(r.Rate)), thousands(int64(r.PubRate)), p50, p99)
+		cpu := "-"
+		if r.BrokerCPU > 0 {
+			cpu = formatFloat(float64(r.BrokerCPU)/float64(time.Microsecond), 0)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, thousands(int64(r.Delivered)), formatFloat(r.Elapsed.Seconds(), 2),
+			thousands(int64(r.Rate)), thousands(int64(r.PubRate)), p50, p99, cpu)
 	}
 	tw.Flush()
 	b.WriteString("\n")
