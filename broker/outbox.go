@@ -77,7 +77,12 @@ func (o *outbox) replyOn(def, user, name string, req replyTo, res wire.Response)
 	if rt := req.topic; rt != "" && responseTopicAllowed(user, name, rt) {
 		topic = rt
 	}
-	o.publish(topic, res, 0, false, packets.Properties{CorrelationData: req.correlation})
+	props := packets.Properties{CorrelationData: req.correlation}
+	if payload, ok := res.AppendJSON(nil); ok {
+		o.publishPayload(topic, payload, 0, false, props)
+		return
+	}
+	o.publish(topic, res, 0, false, props)
 }
 
 // responseTopicAllowed reports whether the broker may answer user's request

@@ -163,6 +163,26 @@ func (r Response) MarshalJSON() ([]byte, error) {
 	return json.Marshal(plain(r))
 }
 
+// AppendJSON appends r's JSON encoding to b when r is a success whose ok
+// value is already encoded (a call's reply), and reports false otherwise:
+// then use json.Marshal. The id and ok go out as they are, which must be
+// valid JSON (a decoded request's id and an encoded reply are).
+func (r Response) AppendJSON(b []byte) ([]byte, bool) {
+	ok, isRaw := r.OK.(json.RawMessage)
+	if r.Error != nil || !isRaw || len(ok) == 0 {
+		return b, false
+	}
+	id := r.ID
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	b = append(b, `{"id":`...)
+	b = append(b, id...)
+	b = append(b, `,"ok":`...)
+	b = append(b, ok...)
+	return append(b, '}'), true
+}
+
 // Errorf builds an *Error.
 func Errorf(code Code, format string, a ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, a...)}

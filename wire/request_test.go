@@ -59,6 +59,32 @@ func TestResponseJSON(t *testing.T) {
 	require.JSONEq(t, `{"id":"x","error":{"code":"stale_nonce","message":"old"}}`, string(b))
 }
 
+// TestResponseAppendJSON: a success with an encoded ok value is appended
+// as json.Marshal writes it; anything else is left to json.Marshal.
+func TestResponseAppendJSON(t *testing.T) {
+	for _, r := range []Response{
+		{ID: json.RawMessage(`"conn.7"`), OK: json.RawMessage(`{"count":3,"list":[1,"a"]}`)},
+		{ID: json.RawMessage(`12`), OK: json.RawMessage(`null`)},
+		{OK: json.RawMessage(`"x"`)},
+	} {
+		got, ok := r.AppendJSON([]byte("p:"))
+		require.True(t, ok)
+		want, err := json.Marshal(r)
+		require.NoError(t, err)
+		require.Equal(t, "p:"+string(want), string(got))
+	}
+	for _, r := range []Response{
+		{ID: json.RawMessage(`1`), OK: map[string]int{"a": 1}},
+		{ID: json.RawMessage(`1`), OK: json.RawMessage(`1`), Error: Errorf(CodeInternal, "x")},
+		{ID: json.RawMessage(`1`)},
+		{ID: json.RawMessage(`1`), OK: json.RawMessage(nil)},
+	} {
+		got, ok := r.AppendJSON(nil)
+		require.False(t, ok, "%+v", r)
+		require.Empty(t, got)
+	}
+}
+
 // FuzzDecodeRequest: any payload gets a request or a well-formed error, and
 // never a panic; accepted requests satisfy the per-op contract.
 func FuzzDecodeRequest(f *testing.F) {
