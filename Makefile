@@ -40,7 +40,7 @@ fuzz:
 ## bench: the end-to-end comparisons (written into docs/benchmarks.md), then the Go benchmarks
 bench: bench-e2e bench-go
 
-## bench-e2e: device-sim's benchmarks: durable Tether vs mosquitto vs bare mochi, memory per idle
+## bench-e2e: device-sim's benchmarks: durable Tether vs mosquitto vs bare mochi, durable calls, memory per idle
 ## session, connect+begin rate; each replaces its section of docs/benchmarks.md
 bench-e2e: deps
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
