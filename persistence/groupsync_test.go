@@ -70,11 +70,11 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	require.Equal(t, commits, again)
 }
 
-// TestReadWaitsForSync holds a sync round open after a commit and checks
-// that neither the writer nor a reader that sees the new value returns
-// before the round finishes: nothing unsynced leaves the store.
-func TestReadWaitsForSync(t *testing.T) {
-	s := openDurable(t, t.TempDir())
+// writeHeldUnsynced commits k=v1 and holds the sync round that covers it
+// open until release is closed: the value is visible in Badger, not yet
+// synced. wrote gets Update's result.
+func writeHeldUnsynced(t *testing.T, s *Store) (wrote chan error, release chan struct{}) {
+	t.Helper()
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	real := s.durable.sync
@@ -82,12 +82,20 @@ func TestReadWaitsForSync(t *testing.T) {
 		once.Do(func() { close(entered); <-release })
 		return real()
 	}
-
-	wrote := make(chan error, 1)
+	wrote = make(chan error, 1)
 	go func() {
 		wrote <- s.Update(func(tx Txn) error { return tx.Set([]byte("k"), []byte("v1")) })
 	}()
-	<-entered // committed and visible in Badger, not yet synced
+	<-entered
+	return wrote, release
+}
+
+// TestReadWaitsForSync holds a sync round open after a commit and checks
+// that neither the writer nor a reader that sees the new value returns
+// before the round finishes: nothing unsynced leaves the store.
+func TestReadWaitsForSync(t *testing.T) {
+	s := openDurable(t, t.TempDir())
+	wrote, release := writeHeldUnsynced(t, s)
 
 	read := make(chan []byte, 1)
 	go func() {
@@ -119,18 +127,7 @@ func TestReadWaitsForSync(t *testing.T) {
 // done only with that round; View, in the same state, waits.
 func TestPeekDoesNotWaitForSync(t *testing.T) {
 	s := openDurable(t, t.TempDir())
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	real := s.durable.sync
-	s.durable.sync = func() error {
-		once.Do(func() { close(entered); <-release })
-		return real()
-	}
-	wrote := make(chan error, 1)
-	go func() {
-		wrote <- s.Update(func(tx Txn) error { return tx.Set([]byte("k"), []byte("v1")) })
-	}()
-	<-entered
+	wrote, release := writeHeldUnsynced(t, s)
 
 	var v []byte
 	d, err := s.Peek(func(tx Txn) error {

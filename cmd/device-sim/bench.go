@@ -76,6 +76,36 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return usagef("bench: unknown benchmark %q (want pubsub, calls, idle, connect or all)", args[0])
 }
 
+// publish writes a benchmark's results: table to stdout, results as JSON
+// (--json), and the section doc returns into the doc file (--doc, which
+// alone calls doc).
+func (b *benchFlags) publish(stdout io.Writer, section, table string, results any, doc func() string) error {
+	fmt.Fprint(stdout, table)
+	if b.jsonFile != "" {
+		if err := writeJSON(b.jsonFile, results); err != nil {
+			return err
+		}
+	}
+	if b.docFile != "" {
+		return updateDoc(b.docFile, "device-sim bench "+section, doc())
+	}
+	return nil
+}
+
+// parseCounts parses a comma-separated list of numbers in 1..max, the
+// value of flag what.
+func parseCounts(what, list string, max int) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > max {
+			return nil, usagef("%s: %q is not a number in 1..%d", what, f, max)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
 // tempDir makes a scratch directory, removed by the returned func unless keep.
 func tempDir(prefix string, keep bool, stderr io.Writer) (string, func(), error) {
 	dir, err := os.MkdirTemp("", prefix)

@@ -8,14 +8,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
-
-	"github.com/f47fa0da/tether/auth"
 )
 
 // callsResult is the durable call rate of one run.
@@ -46,13 +43,9 @@ func benchCallsCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *dur <= 0 || *dur > bf.timeout {
 		return usagef("bench calls: --duration must be positive and at most --timeout (%s)", bf.timeout)
 	}
-	var ns []int
-	for _, f := range strings.Split(*counts, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > maxSessionsPerProcess {
-			return usagef("bench calls: --sessions: %q is not a number of sessions in 1..%d", f, maxSessionsPerProcess)
-		}
-		ns = append(ns, n)
+	ns, err := parseCounts("bench calls: --sessions", *counts, maxSessionsPerProcess)
+	if err != nil {
+		return err
 	}
 	dir, cleanup, err := tempDir("device-sim-calls-", bf.keep, stderr)
 	if err != nil {
@@ -74,14 +67,8 @@ func benchCallsCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	stopProfile()
 	table := callsTable(results)
-	fmt.Fprint(stdout, table)
-	if bf.jsonFile != "" {
-		if err := writeJSON(bf.jsonFile, results); err != nil {
-			return err
-		}
-	}
-	if bf.docFile != "" {
-		doc := fmt.Sprintf("## Durable calls, broker capacity\n\nMeasured %s on %s by `%s`.\n\n```\n%s```\n\n"+
+	if err := bf.publish(stdout, "calls", table, results, func() string {
+		return fmt.Sprintf("## Durable calls, broker capacity\n\nMeasured %s on %s by `%s`.\n\n```\n%s```\n\n"+
 			"Each session is a connection of its own user (token minted beforehand) to a Tether broker process"+
 			" (`device-sim broker`: the broker with the simulator's handlers) that begins once and then calls `sim.add`"+
 			" back to back: read the session's counter from the user's application state, add one, write it, all in the"+
@@ -91,9 +78,8 @@ func benchCallsCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 			" Go SDK in the broker's process. fsyncs/s is the raw rate of 4 KiB append + fsync in the same directory,"+
 			" measured just before each run: the limit of one session without group commit. Broker CPU is the broker"+
 			" process's user+system time (/proc/PID/stat) over the run, per call.\n", today(), machine(), commandLine(), table)
-		if err := updateDoc(bf.docFile, "device-sim bench calls", doc); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 	for _, r := range results {
 		if r.Error != "" {
@@ -129,11 +115,7 @@ func runCalls(ctx context.Context, bf benchFlags, root string, n int, dur time.D
 		res.Error = err.Error()
 		return res
 	}
-	users := make([]string, n)
-	for i := range users {
-		users[i] = simUser(i)
-	}
-	tokens, err := mintTokens(dir, users, auth.RoleDevice)
+	tokens, err := mintSimTokens(dir, n)
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -207,23 +189,9 @@ func runCalls(ctx context.Context, bf benchFlags, root string, n int, dur time.D
 // startSimBroker runs `device-sim broker` (Tether with the simulator's
 // handlers) on dir as a process of its own and waits until it listens.
 func startSimBroker(ctx context.Context, dir string) (*child, string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, "", err
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, "", err
-	}
-	proc, err := startChild("tether broker (device-sim broker)", []string{self, "broker", "--data-dir", dir, "--mqtt-addr", addr}, envExec+"=1")
-	if err != nil {
-		return nil, "", err
-	}
-	if err := proc.waitListening(ctx, addr, 30*time.Second); err != nil {
-		proc.kill9()
-		return nil, "", err
-	}
-	return proc, addr, nil
+	return startSelf(ctx, "tether broker (device-sim broker)", func(addr string) []string {
+		return []string{"broker", "--data-dir", dir, "--mqtt-addr", addr}
+	})
 }
 
 // fsyncRate measures 4 KiB append + fsync in dir for about d.

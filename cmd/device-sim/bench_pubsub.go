@@ -115,16 +115,8 @@ func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}
 	table := pubsubTable(c, results)
-	fmt.Fprint(stdout, table)
-	if c.jsonFile != "" {
-		if err := writeJSON(c.jsonFile, results); err != nil {
-			return err
-		}
-	}
-	if c.docFile != "" {
-		if err := updateDoc(c.docFile, "device-sim bench pubsub", pubsubDoc(c, results, table)); err != nil {
-			return err
-		}
+	if err := c.publish(stdout, "pubsub", table, results, func() string { return pubsubDoc(c, results, table) }); err != nil {
+		return err
 	}
 	for _, r := range results {
 		if r.Error != "" {

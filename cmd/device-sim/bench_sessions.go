@@ -32,6 +32,16 @@ func randomID() string {
 
 func simUser(i int) string { return "sim" + strconv.Itoa(i) }
 
+// mintSimTokens issues a device token for each of the users simUser(0..n-1)
+// straight into the data directory dir (see mintTokens).
+func mintSimTokens(dir string, n int) (map[string]string, error) {
+	users := make([]string, n)
+	for i := range users {
+		users[i] = simUser(i)
+	}
+	return mintTokens(dir, users, auth.RoleDevice)
+}
+
 // idleResult is the memory one broker holds per idle connected session.
 type idleResult struct {
 	Target     string  `json:"target"`
@@ -60,13 +70,9 @@ func benchIdleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var ns []int
-	for _, s := range strings.Split(*sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > maxSessionsPerProcess {
-			return usagef("bench idle: --sessions: %q is not a number in 1..%d", s, maxSessionsPerProcess)
-		}
-		ns = append(ns, n)
+	ns, err := parseCounts("bench idle: --sessions", *sizes, maxSessionsPerProcess)
+	if err != nil {
+		return err
 	}
 	dir, cleanup, err := tempDir("device-sim-idle-", bf.keep, stderr)
 	if err != nil {
@@ -91,13 +97,7 @@ func benchIdleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	table := idleTable(results)
-	fmt.Fprint(stdout, table)
-	if bf.jsonFile != "" {
-		if err := writeJSON(bf.jsonFile, results); err != nil {
-			return err
-		}
-	}
-	if bf.docFile != "" {
+	if err := bf.publish(stdout, "idle", table, results, func() string {
 		var b strings.Builder
 		b.WriteString("## Memory per idle connected session\n\n")
 		fmt.Fprintf(&b, "Measured %s on %s by `%s`.\n\n```\n%s```\n\n", today(), machine(), commandLine(), table)
@@ -108,9 +108,9 @@ func benchIdleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			" session is connected (and begun), each after the same settle pause for every target (Tether returns memory to the OS a" +
 			" second after the number of clients holds still: the settle lets that finish); the delta is divided by the sessions. The clients run in" +
 			" device-sim's process, so each process holds one end of each connection (the machine allows 20,000 open files per process).\n")
-		if err := updateDoc(bf.docFile, "device-sim bench idle", b.String()); err != nil {
-			return err
-		}
+		return b.String()
+	}); err != nil {
+		return err
 	}
 	for _, r := range results {
 		if r.Error != "" {
@@ -137,11 +137,7 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 	)
 	switch target {
 	case "tether":
-		users := make([]string, n)
-		for i := range users {
-			users[i] = simUser(i)
-		}
-		if tokens, err = mintTokens(dir, users, auth.RoleDevice); err != nil {
+		if tokens, err = mintSimTokens(dir, n); err != nil {
 			break
 		}
 		var bin string
@@ -275,6 +271,10 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	if *n < 1 || *n > maxSessionsPerProcess {
 		return usagef("bench connect: --devices must be 1..%d", maxSessionsPerProcess)
 	}
+	cs, err := parseCounts("bench connect: --concurrency", *concs, *n)
+	if err != nil {
+		return err
+	}
 	dir, cleanup, err := tempDir("device-sim-connect-", bf.keep, stderr)
 	if err != nil {
 		return err
@@ -285,11 +285,7 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	var results []connectResult
-	for _, cs := range strings.Split(*concs, ",") {
-		c, err := strconv.Atoi(strings.TrimSpace(cs))
-		if err != nil || c < 1 {
-			return usagef("bench connect: --concurrency: %q is not a positive number", cs)
-		}
+	for _, c := range cs {
 		fmt.Fprintf(stderr, "bench connect: %d devices, %d at once ...\n", *n, c)
 		r := runConnect(ctx, bf, bin, dir, *n, c)
 		if r.Error != "" {
@@ -305,23 +301,16 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 			thousands(int64(r.Rate)), ms(r.Latency.P50), ms(r.Latency.P99), ms(r.BrokerCPU))
 	}
 	tw.Flush()
-	fmt.Fprint(stdout, b.String())
-	if bf.jsonFile != "" {
-		if err := writeJSON(bf.jsonFile, results); err != nil {
-			return err
-		}
-	}
-	if bf.docFile != "" {
-		doc := fmt.Sprintf("## Connect + begin rate\n\nMeasured %s on %s by `%s`.\n\n```\n%s```\n\n"+
+	if err := bf.publish(stdout, "connect", b.String(), results, func() string {
+		return fmt.Sprintf("## Connect + begin rate\n\nMeasured %s on %s by `%s`.\n\n```\n%s```\n\n"+
 			"Each device is a separate MQTT connection of its own user (token minted beforehand) to the broker binary in its own"+
 			" process: CONNECT with the SDK's will, SUBSCRIBE to res/tick/notify, publish begin and wait for its reply (the begin"+
 			" is committed, fsynced, before the reply). The devices are a minimal MQTT 3.1.1 client on mochi's packet codec that"+
 			" sends the three packets at once, so that device-sim costs little next to the broker; both run on the same 2 cores."+
 			" The rate is devices / wall time from the first CONNECT to the last begin reply; p50/p99 are per device; broker CPU"+
 			" is the broker process's user+system time (/proc/PID/stat) over the run, per session.\n", today(), machine(), commandLine(), b.String())
-		if err := updateDoc(bf.docFile, "device-sim bench connect", doc); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 	for _, r := range results {
 		if r.Error != "" {
@@ -340,11 +329,7 @@ func runConnect(ctx context.Context, bf benchFlags, bin, root string, n, conc in
 		res.Error = err.Error()
 		return res
 	}
-	users := make([]string, n)
-	for i := range users {
-		users[i] = simUser(i)
-	}
-	tokens, err := mintTokens(dir, users, auth.RoleDevice)
+	tokens, err := mintSimTokens(dir, n)
 	if err != nil {
 		res.Error = err.Error()
 		return res

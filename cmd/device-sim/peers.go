@@ -83,6 +83,13 @@ func startMochi(addr string) (*mqtt.Server, string, error) {
 // binary's `peer mochi`) on a free loopback port, and waits until it
 // listens.
 func startMochiProcess(ctx context.Context) (*child, string, error) {
+	return startSelf(ctx, "mochi", func(addr string) []string { return []string{"peer", "mochi", "--addr", addr} })
+}
+
+// startSelf runs this binary (a test binary too: envExec) with the
+// arguments args gives for a free loopback address, and waits until it
+// listens there.
+func startSelf(ctx context.Context, name string, args func(addr string) []string) (*child, string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, "", err
@@ -91,11 +98,11 @@ func startMochiProcess(ctx context.Context) (*child, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	proc, err := startChild("mochi", []string{self, "peer", "mochi", "--addr", addr}, envExec+"=1") // envExec: a test binary too
+	proc, err := startChild(name, append([]string{self}, args(addr)...), envExec+"=1")
 	if err != nil {
 		return nil, "", err
 	}
-	if err := proc.waitListening(ctx, addr, 10*time.Second); err != nil {
+	if err := proc.waitListening(ctx, addr, 30*time.Second); err != nil {
 		proc.kill9()
 		return nil, "", err
 	}
