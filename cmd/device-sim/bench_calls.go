@@ -40,6 +40,9 @@ func benchCallsCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if bf.brokerBin != "" {
+		fmt.Fprintln(stderr, "bench calls: --broker-bin does not apply: the calls need the simulator's handlers, so the broker is `device-sim broker`")
+	}
 	if *dur <= 0 || *dur > bf.timeout {
 		return usagef("bench calls: --duration must be positive and at most --timeout (%s)", bf.timeout)
 	}
