@@ -276,7 +276,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetWill(c.topics.presence, string(will), 1, false).
 		SetDefaultPublishHandler(func(paho.Client, paho.Message) {}).
 		SetOnConnectHandler(c.onConnect).
-		SetConnectionLostHandler(func(paho.Client, error) { c.notReady() })
+		SetConnectionLostHandler(func(paho.Client, error) { c.notReady() }).
+		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { c.notReady() })
 	if cfg.TLSConfig != nil {
 		opts.SetTLSConfig(cfg.TLSConfig)
 	}
@@ -315,9 +316,20 @@ func (c *Client) setReady() {
 	}
 }
 
+// notReady runs when paho reports a connection lost, and before each
+// reconnect attempt. Paho reports the loss from a goroutine of its own,
+// started beside the one that reconnects: the report may come after the
+// next connection is up, and even after its onConnect made the client
+// ready. So a call finding a connection open changes nothing (c.mu orders
+// the check against setReady): the lost one is not the current one, and
+// the reconnect attempt before it, which paho runs in order, already
+// made the client wait for that connection's subscriptions.
 func (c *Client) notReady() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.mqtt.IsConnectionOpen() {
+		return
+	}
 	select {
 	case <-c.ready:
 		c.ready = make(chan struct{})
