@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/f47fa0da/tether/internal/jsonobj"
 )
 
 // MaxKeyLen is the longest collapse key, in bytes.
@@ -168,116 +170,42 @@ func decodeMessageSlow(payload []byte) (Message, error) {
 // one of these per notification; the token decoder cost more than the
 // rest of the notify's decoding and validation.
 func decodeMessageFast(p []byte) (m Message, ok bool) {
-	if !json.Valid(p) {
-		return Message{}, false
-	}
-	i := skipSpace(p, 0)
-	if i >= len(p) || p[i] != '{' {
-		return Message{}, false
-	}
 	var seen [3]bool // data, ttl_ms, key
-	i = skipSpace(p, i+1)
-	for i < len(p) && p[i] != '}' {
-		// A key: valid JSON makes it a string; one with escapes goes the slow way.
-		end := bytes.IndexByte(p[i+1:], '"')
-		if end < 0 {
-			return Message{}, false
-		}
-		name := p[i+1 : i+1+end]
-		if bytes.IndexByte(name, '\\') >= 0 {
-			return Message{}, false
-		}
-		i = skipSpace(p, i+end+2)
-		if i >= len(p) || p[i] != ':' {
-			return Message{}, false
-		}
-		start := skipSpace(p, i+1)
-		stop, spaced := valueEnd(p, start)
-		raw := p[start:stop]
+	ok = jsonobj.Members(p, func(key, raw []byte) bool {
 		field := -1
 		var err error
-		switch string(name) {
+		switch string(key) {
 		case "data":
 			field = 0
 			if string(raw) == "null" {
-				return Message{}, false
+				return false
 			}
-			if spaced {
-				raw = compactData(raw)
+			if jsonobj.Spaced(raw) {
+				m.Data = compactData(raw)
 			} else {
-				raw = bytes.Clone(raw)
+				m.Data = bytes.Clone(raw)
 			}
-			m.Data = raw
 		case "ttl_ms":
 			field = 1
 			m.TTL, err = decodeTTL(raw)
 		case "key":
 			field = 2
-			if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
-				// Without escapes a valid JSON string is its own text.
-				m.Key = string(raw[1 : len(raw)-1])
-				if m.Key == "" || checkKey(m.Key) != nil {
-					return Message{}, false
-				}
-			} else {
-				m.Key, err = decodeKey(raw)
+			k, plain := jsonobj.String(raw)
+			switch {
+			case !plain:
+				k, err = decodeKey(raw)
+			case k == "" || checkKey(k) != nil:
+				return false
 			}
+			m.Key = k
 		}
 		if field < 0 || err != nil || seen[field] {
-			return Message{}, false
+			return false
 		}
 		seen[field] = true
-		i = skipSpace(p, stop)
-		if i < len(p) && p[i] == ',' {
-			i = skipSpace(p, i+1)
-		}
-	}
-	return m, seen[0]
-}
-
-func skipSpace(p []byte, i int) int {
-	for i < len(p) && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// valueEnd returns the end of the JSON value starting at p[i], which must
-// be valid, and whether white space outside strings occurs inside it.
-func valueEnd(p []byte, i int) (end int, spaced bool) {
-	depth := 0
-	for ; i < len(p); i++ {
-		switch c := p[i]; c {
-		case '"':
-			for i++; i < len(p) && p[i] != '"'; i++ {
-				if p[i] == '\\' {
-					i++
-				}
-			}
-			if depth == 0 {
-				return i + 1, spaced
-			}
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth == 0 {
-				return i, spaced // the end of the enclosing object
-			}
-			if depth--; depth == 0 {
-				return i + 1, spaced
-			}
-		case ',':
-			if depth == 0 {
-				return i, spaced
-			}
-		case ' ', '\t', '\n', '\r':
-			if depth == 0 {
-				return i, spaced
-			}
-			spaced = true
-		}
-	}
-	return i, spaced
+		return true
+	})
+	return m, ok && seen[0]
 }
 
 func decodeTTL(raw json.RawMessage) (time.Duration, error) {

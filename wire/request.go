@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/f47fa0da/tether/internal/jsonobj"
 )
 
 // Ops a device may send on sessions/U/S/req.
@@ -49,14 +51,10 @@ func DecodeRequest(payload []byte) (Request, *Error) {
 		req.ID = recoverID(payload[:0])
 		return req, Errorf(CodeTooLarge, "request is %d bytes; the limit is %d", len(payload), MaxRequestSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		req = Request{ID: recoverID(payload)}
-		return req, Errorf(CodeBadRequest, "request is not a valid JSON object: %s", jsonProblem(err))
-	}
-	if dec.More() {
-		return Request{ID: req.ID}, Errorf(CodeBadRequest, "request has data after the JSON object")
+	if fast, ok := decodeRequestFast(payload); ok {
+		req = fast
+	} else if e := decodeRequestSlow(payload, &req); e != nil {
+		return req, e
 	}
 	if e := req.validate(); e != nil {
 		if !validID(req.ID) {
@@ -65,6 +63,120 @@ func DecodeRequest(payload []byte) (Request, *Error) {
 		return req, e
 	}
 	return req, nil
+}
+
+// decodeRequestSlow decodes payload into req with encoding/json, strictly
+// (no unknown fields, nothing after the object): every payload that
+// decodeRequestFast does not take comes here, for its exact result.
+func decodeRequestSlow(payload []byte, req *Request) *Error {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(req); err != nil {
+		*req = Request{ID: recoverID(payload)}
+		return Errorf(CodeBadRequest, "request is not a valid JSON object: %s", jsonProblem(err))
+	}
+	if dec.More() {
+		*req = Request{ID: req.ID}
+		return Errorf(CodeBadRequest, "request has data after the JSON object")
+	}
+	return nil
+}
+
+// decodeRequestFast decodes what decodeRequestSlow would when it is
+// simple: valid JSON, one object, keys spelled as the fields are and
+// without escapes, each once, strings without escapes, seq and upto plain
+// digits, no null. It reports false for anything else. Devices send one
+// request per call, ack and ping; encoding/json's decoder cost about a
+// tenth of the broker's work on a call.
+func decodeRequestFast(p []byte) (Request, bool) {
+	var (
+		r    Request
+		seen uint16
+	)
+	ok := jsonobj.Members(p, func(key, raw []byte) bool {
+		if string(raw) == "null" {
+			return false // encoding/json treats null per type: leave it to it
+		}
+		bit, ok := requestFields[string(key)]
+		if !ok || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		switch bit {
+		case fieldID:
+			r.ID = bytes.Clone(raw)
+		case fieldCursor:
+			r.Cursor = bytes.Clone(raw)
+		case fieldMemento:
+			r.Memento = bytes.Clone(raw)
+		case fieldArgs:
+			r.Args = bytes.Clone(raw)
+		case fieldSeq:
+			r.Seq, ok = digits(raw)
+		case fieldUpto:
+			var n uint64
+			n, ok = digits(raw)
+			r.Upto = &n
+		case fieldResend:
+			r.Resend, ok = string(raw) == "true", string(raw) == "true" || string(raw) == "false"
+		default:
+			var v string
+			if v, ok = jsonobj.String(raw); !ok {
+				return false
+			}
+			switch bit {
+			case fieldOp:
+				r.Op = v
+			case fieldNonce:
+				r.Nonce = v
+			case fieldMethod:
+				r.Method = v
+			case fieldRestore:
+				r.Restore = v
+			case fieldPhase:
+				r.Phase = &v
+			}
+		}
+		return ok
+	})
+	return r, ok
+}
+
+const (
+	fieldID uint16 = 1 << iota
+	fieldOp
+	fieldNonce
+	fieldCursor
+	fieldMemento
+	fieldPhase
+	fieldSeq
+	fieldMethod
+	fieldArgs
+	fieldUpto
+	fieldResend
+	fieldRestore
+)
+
+// requestFields maps Request's JSON keys to their bits.
+var requestFields = map[string]uint16{
+	"id": fieldID, "op": fieldOp, "nonce": fieldNonce, "cursor": fieldCursor, "memento": fieldMemento,
+	"phase": fieldPhase, "seq": fieldSeq, "method": fieldMethod, "args": fieldArgs, "upto": fieldUpto,
+	"resend": fieldResend, "restore": fieldRestore,
+}
+
+// digits parses a JSON number of plain digits into a uint64.
+func digits(raw []byte) (uint64, bool) {
+	if len(raw) == 0 || len(raw) > 19 { // 19 digits always fit
+		return 0, false
+	}
+	var n uint64
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
 }
 
 func (r *Request) validate() *Error {

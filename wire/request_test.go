@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -86,17 +87,26 @@ func TestResponseAppendJSON(t *testing.T) {
 }
 
 // FuzzDecodeRequest: any payload gets a request or a well-formed error, and
-// never a panic; accepted requests satisfy the per-op contract.
+// never a panic; accepted requests satisfy the per-op contract; what the
+// fast path takes, it decodes as encoding/json does.
 func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"id":1,"op":"begin"}`, `{"id":"x","op":"ping","nonce":"n","cursor":[1]}`,
 		`{"id":2,"op":"call","nonce":"n","seq":3,"method":"buy","args":{"item":"toaster"},"memento":4}`,
 		`{"id":3,"op":"ack","nonce":"n","upto":9}`, `{"id":4,"op":"remember","nonce":"n","memento":null,"phase":""}`,
 		`{"id":5,"op":"begin","restore":"blob"}`, `{"id":{},"op":"x"}`, `[`, `{"id":1}{"id":2}`, "\x00",
+		`{"id":6,"op":"ack","nonce":"n","upto":18446744073709551615,"resend":true}`, `{"ID":7,"Op":"begin"}`,
+		`{"id":8,"op":"call","nonce":"n\u0041","seq":1,"method":"m","args":[1, 2]}`, `{"id":9,"op":"begin","op":"ping"}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
+		if fast, ok := decodeRequestFast(payload); ok {
+			var slow Request
+			if e := decodeRequestSlow(payload, &slow); e != nil || !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("fast path gave %+v; encoding/json %+v, %v", fast, slow, e)
+			}
+		}
 		req, err := DecodeRequest(payload)
 		if err != nil {
 			if err.Code != CodeBadRequest && err.Code != CodeTooLarge {
@@ -128,6 +138,29 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 		if _, err := json.Marshal(Response{ID: req.ID}); err != nil {
 			t.Fatalf("reply cannot echo id %q: %v", req.ID, err)
+		}
+	})
+}
+
+// BenchmarkDecodeRequest decodes a typical call, by the fast path and by
+// encoding/json alone.
+func BenchmarkDecodeRequest(b *testing.B) {
+	p := []byte(`{"id":"3f2a9c1e.17","op":"call","nonce":"5b7e0d2c9a8f41e6b3c2d1a0f9e8d7c6","seq":17,"method":"buy","args":{"item":"toaster"},"memento":16}`)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			if _, err := DecodeRequest(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			var r Request
+			if err := decodeRequestSlow(p, &r); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }
