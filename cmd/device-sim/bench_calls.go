@@ -25,7 +25,7 @@ type callsResult struct {
 	// BrokerCPU is the broker process's CPU time (user+system) per call.
 	BrokerCPU time.Duration `json:"broker_cpu_per_call_ns"`
 	// Fsyncs is the disk's raw rate of 4 KiB append + fsync, measured
-	// just before the run in the same directory: one session's limit.
+	// just before the run on the same disk: one session's limit.
 	Fsyncs float64 `json:"fsyncs_per_s"`
 	Error  string  `json:"error,omitempty"`
 }
@@ -78,7 +78,7 @@ func benchCallsCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 			" call's transaction with its reply and journal event, fsynced (a sync round) before the reply. Every reply's"+
 			" count is checked to be one more than the last. The devices are the minimal MQTT client of `bench connect`,"+
 			" so that the 2 cores go to the broker; `go test -bench Calls ./broker` measures the same calls made with the"+
-			" Go SDK in the broker's process. fsyncs/s is the raw rate of 4 KiB append + fsync in the same directory,"+
+			" Go SDK in the broker's process. fsyncs/s is the raw rate of 4 KiB append + fsync on the same disk,"+
 			" measured just before each run: the limit of one session without group commit. Broker CPU is the broker"+
 			" process's user+system time (/proc/PID/stat) over the run, per call.\n", today(), machine(), commandLine(), table)
 	}); err != nil {
@@ -109,21 +109,12 @@ func runCalls(ctx context.Context, bf benchFlags, root string, n int, dur time.D
 	res = callsResult{Sessions: n}
 	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
 	defer cancel()
-	dir, err := os.MkdirTemp(root, "calls-")
-	if err != nil {
+	var err error
+	if res.Fsyncs, err = fsyncRate(root, time.Second); err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	if res.Fsyncs, err = fsyncRate(dir, time.Second); err != nil {
-		res.Error = err.Error()
-		return res
-	}
-	tokens, err := mintSimTokens(dir, n)
-	if err != nil {
-		res.Error = err.Error()
-		return res
-	}
-	proc, addr, err := startSimBroker(ctx, dir)
+	proc, addr, tokens, err := startFleetBroker(ctx, root, "calls-", n, startSimBroker)
 	if err != nil {
 		res.Error = err.Error()
 		return res

@@ -32,6 +32,23 @@ func randomID() string {
 
 func simUser(i int) string { return "sim" + strconv.Itoa(i) }
 
+// startFleetBroker makes a data directory under root (named prefix…)
+// holding a device token for each of n simulated users, and starts a
+// broker on it with start. It returns the tokens by user.
+func startFleetBroker(ctx context.Context, root, prefix string, n int,
+	start func(ctx context.Context, dir string) (*child, string, error)) (*child, string, map[string]string, error) {
+	dir, err := os.MkdirTemp(root, prefix)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	tokens, err := mintSimTokens(dir, n)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	proc, addr, err := start(ctx, dir)
+	return proc, addr, tokens, err
+}
+
 // mintSimTokens issues a device token for each of the users simUser(0..n-1)
 // straight into the data directory dir (see mintTokens).
 func mintSimTokens(dir string, n int) (map[string]string, error) {
@@ -324,17 +341,9 @@ func runConnect(ctx context.Context, bf benchFlags, bin, root string, n, conc in
 	res = connectResult{Devices: n, Concurrency: conc}
 	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
 	defer cancel()
-	dir, err := os.MkdirTemp(root, "connect-")
-	if err != nil {
-		res.Error = err.Error()
-		return res
-	}
-	tokens, err := mintSimTokens(dir, n)
-	if err != nil {
-		res.Error = err.Error()
-		return res
-	}
-	proc, addr, err := startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+	proc, addr, tokens, err := startFleetBroker(ctx, root, "connect-", n, func(ctx context.Context, dir string) (*child, string, error) {
+		return startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+	})
 	if err != nil {
 		res.Error = err.Error()
 		return res
