@@ -39,12 +39,13 @@ type publishQueues struct {
 
 // pendingAck is one publish waiting to be acknowledged.
 type pendingAck struct {
-	pk      publishRef
-	run     func()     // the request to run before the PUBACK
-	notify  *notifyJob // the notify to commit before the PUBACK
-	durable persistence.Durable
-	err     error  // the refusal to report: a packets.Code as is, else mapped by reasonFor
-	then    func() // runs once durable, unless refused: start delivering
+	pk       publishRef
+	run      func()     // the request to run before the PUBACK
+	notify   *notifyJob // the notify to commit before the PUBACK
+	durable  persistence.Durable
+	err      error  // the refusal to report: a packets.Code as is, else mapped by reasonFor
+	unsynced bool   // durable's sync failed
+	then     func() // runs once durable, unless refused: start delivering
 }
 
 // publishRef is what an ack queue keeps of a publish: enough to
@@ -211,38 +212,61 @@ func (q *ackQueue) drain() {
 		if run[0].notify != nil {
 			q.commit(run)
 		}
-		for _, p := range run {
-			q.finish(p)
+		q.finish(run)
+	}
+}
+
+// finish runs each of run's requests, waits for its commit and then
+// acknowledges the run's QoS 1 publishes in one write: success, or (MQTT 5)
+// the refusal's reason code; MQTT 3.1.1 has no negative PUBACK, so a
+// refusal (logged when it happened, if at all) is acknowledged like a
+// success. If the sync fails nothing is known to be on disk: MQTT 5
+// clients get an error, 3.1.1 clients no PUBACK, so they send it again
+// after reconnecting. Once acknowledged, the thens run (start delivering).
+func (q *ackQueue) finish(run []pendingAck) {
+	acks := 0
+	for i := range run {
+		p := &run[i]
+		if p.run != nil {
+			p.run()
+		}
+		if p.durable.Wait() != nil {
+			p.unsynced = true
+			if p.err == nil {
+				p.err = errNotDurable
+			}
+		}
+		if p.pk.qos != 0 {
+			acks++
+		}
+	}
+	conn, cork := q.cl.Net.Conn.(*corkConn)
+	if cork = cork && acks > 1; cork {
+		conn.cork()
+	}
+	for _, p := range run {
+		if p.pk.qos != 0 {
+			q.acknowledge(p)
+		}
+	}
+	if cork {
+		conn.uncork()
+	}
+	for _, p := range run {
+		if p.err == nil && p.then != nil {
+			p.then()
 		}
 	}
 }
 
-// finish runs p's request, waits for its commit and acknowledges it:
-// success, or (MQTT 5) the refusal's reason code; MQTT 3.1.1 has no
-// negative PUBACK, so a refusal (logged when it happened, if at all) is
-// acknowledged like a success. If the sync fails nothing is known to be
-// on disk: MQTT 5 clients get an error, 3.1.1 clients no PUBACK, so they
-// send it again after reconnecting.
-func (q *ackQueue) finish(p pendingAck) {
-	if p.run != nil {
-		p.run()
-	}
-	synced := p.durable.Wait() == nil
-	if !synced && p.err == nil {
-		p.err = errNotDurable
-	}
-	if p.err == nil && p.then != nil {
-		defer p.then()
-	}
-	if p.pk.qos == 0 {
-		return
-	}
+// acknowledge sends p's PUBACK, if it gets one.
+func (q *ackQueue) acknowledge(p pendingAck) {
 	code := packets.CodeSuccess
 	switch {
 	case p.err == nil:
 	case q.cl.Properties.ProtocolVersion == 5:
 		code = refusalCode(p.err)
-	case !synced:
+	case p.unsynced:
 		return
 	}
 	ack := packets.Packet{

@@ -39,7 +39,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		}
 		go func() {
 			defer l.conns.done(conn)
-			_ = establish(l.id, conn)
+			_ = establish(l.id, &corkConn{Conn: conn})
 		}()
 	}
 }

@@ -114,7 +114,7 @@ func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer l.conns.done(conn)
 	defer c.Close()
-	if err := l.establish(l.id, conn); err != nil {
+	if err := l.establish(l.id, &corkConn{Conn: conn}); err != nil {
 		l.log.Debug("websocket client ended", "error", err)
 	}
 }
