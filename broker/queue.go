@@ -351,18 +351,8 @@ func (d *delivery) pump(user, session string) {
 	}
 	var entries []queues.Entry
 	err := d.store.View(func(tx persistence.Txn) error {
-		meta, err := queues.GetMeta(tx, user, session)
-		if err != nil {
-			return err
-		}
-		if c.sent < meta.Acked {
-			c.sent = meta.Acked
-		}
-		room := d.window - int(c.sent-meta.Acked)
-		if room <= 0 {
-			return nil
-		}
-		entries, err = queues.Read(tx, user, session, c.sent, room, time.Now())
+		var err error
+		c.sent, entries, err = queues.ReadWindow(tx, user, session, c.sent, d.window, time.Now())
 		return err
 	})
 	if err != nil {

@@ -126,3 +126,41 @@ func TestAckOnEmptyQueue(t *testing.T) {
 	require.ErrorIs(t, err, queues.ErrInvalid)
 	require.Empty(t, dump(t, s))
 }
+
+// TestReadWindowKeepsAtMostWindowUnacked reads as a deliverer does: never
+// more than window entries past the acked seq, from the acked seq on when
+// what it sent before was acknowledged or forgotten.
+func TestReadWindowKeepsAtMostWindowUnacked(t *testing.T) {
+	s := openStore(t)
+	for i := range 10 {
+		enqueue(t, s, msg(i), queues.DefaultLimits(), t0)
+	}
+	window := func(sent uint64) (uint64, []uint64) {
+		t.Helper()
+		var es []queues.Entry
+		require.NoError(t, s.View(func(tx persistence.Txn) error {
+			var err error
+			sent, es, err = queues.ReadWindow(tx, user, sess, sent, 4, t0)
+			return err
+		}))
+		return sent, seqs(es)
+	}
+	_, _, err := ack(t, s, 3, 0)
+	require.NoError(t, err)
+
+	sent, got := window(0) // sent nothing yet: starts after acked
+	require.Equal(t, uint64(3), sent)
+	require.Equal(t, []uint64{4, 5, 6, 7}, got)
+	sent, got = window(7) // four in flight: no room
+	require.Equal(t, uint64(7), sent)
+	require.Empty(t, got)
+
+	_, _, err = ack(t, s, 5, 0)
+	require.NoError(t, err)
+	sent, got = window(7) // two acked: room for two
+	require.Equal(t, uint64(7), sent)
+	require.Equal(t, []uint64{8, 9}, got)
+	sent, got = window(9) // the end of the queue
+	require.Equal(t, uint64(9), sent)
+	require.Empty(t, got)
+}

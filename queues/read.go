@@ -23,9 +23,38 @@ func Read(tx persistence.Txn, user, session string, after uint64, limit int, now
 	if err != nil {
 		return nil, err
 	}
+	return read(tx, q, st, after, limit, now)
+}
+
+// ReadWindow is Read for a deliverer that keeps at most window entries
+// unacknowledged, with one read of the queue's state: sent is the last seq
+// it sent, raised to the queue's acked seq if below it (what was sent
+// before that counts no more); entries are those above it, as many as the
+// window has room for.
+func ReadWindow(tx persistence.Txn, user, session string, sent uint64, window int, now time.Time) (uint64, []Entry, error) {
+	q, err := open(user, session)
+	if err != nil {
+		return sent, nil, err
+	}
+	st, err := loadState(tx, q)
+	if err != nil {
+		return sent, nil, err
+	}
+	sent = max(sent, st.Acked)
+	room := window - int(sent-st.Acked)
+	if room <= 0 || sent == ^uint64(0) {
+		return sent, nil, nil
+	}
+	entries, err := read(tx, q, st, sent, room, now)
+	return sent, entries, err
+}
+
+// read returns up to limit entries of q above after, leaving out those
+// expired at now.
+func read(tx persistence.Txn, q queue, st state, after uint64, limit int, now time.Time) ([]Entry, error) {
 	limit = batch(limit)
 	var out []Entry
-	err = tx.Scan(q.entries, st.entriesFrom(q, after), func(k, v []byte) (bool, error) {
+	err := tx.Scan(q.entries, st.entriesFrom(q, after), func(k, v []byte) (bool, error) {
 		seq, err := persistence.Uint64Suffix(k)
 		if err != nil {
 			return false, err
