@@ -113,7 +113,7 @@ func appendEvent(tx persistence.Txn, s *Session, e Event, keep Retention, head *
 		s.Journal = JournalRange{First: 1, Next: 1}
 	}
 	e.Seq = s.Journal.Next
-	v, err := json.Marshal(e)
+	v, err := encodeEvent(e)
 	if err != nil {
 		return err
 	}

@@ -322,7 +322,7 @@ func (r *Registry) write(tx persistence.Txn, s *Session, events []Event, head *j
 			return err
 		}
 	}
-	v, err := json.Marshal(s)
+	v, err := encodeSession(s)
 	if err != nil {
 		return err
 	}

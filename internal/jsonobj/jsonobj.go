@@ -1,7 +1,10 @@
-// Package jsonobj walks the members of a JSON object without decoding
-// it, for the fast paths of decoders that also have a strict one: it
-// accepts only the simple case and leaves everything else to the caller's
-// strict decoder, which then decides and explains.
+// Package jsonobj holds the pieces of JSON fast paths. Members walks the
+// members of a JSON object without decoding it, for decoders that also
+// have a strict one: it accepts only the simple case and leaves everything
+// else to the caller's strict decoder, which then decides and explains.
+// The Append functions write JSON values as encoding/json would, for
+// encoders that write a common record by hand and leave the rest to
+// json.Marshal.
 package jsonobj
 
 import (
