@@ -110,11 +110,11 @@ func responseTopicAllowed(user, name, rt string) bool {
 }
 
 func (o *outbox) Tick(user, name string, t sessions.Tick) {
-	o.publish(wire.SessionTopic(user, name, wire.LeafTick), t, 0, false, packets.Properties{})
+	o.publishPayload(wire.SessionTopic(user, name, wire.LeafTick), t.AppendJSON(make([]byte, 0, 96)), 0, false, packets.Properties{})
 }
 
 func (o *outbox) Presence(user, name string, p sessions.Presence) {
-	o.publish(wire.SessionTopic(user, name, wire.LeafPresence), p, 1, true, packets.Properties{})
+	o.publishPayload(wire.SessionTopic(user, name, wire.LeafPresence), p.AppendJSON(make([]byte, 0, 48)), 1, true, packets.Properties{})
 }
 
 // notify delivers n on topic at QoS 1, not retained.

@@ -125,6 +125,8 @@ func appendValue(b []byte, v any) ([]byte, bool) {
 		return jsonobj.AppendString(b, v), true
 	case uint64:
 		return strconv.AppendUint(b, v, 10), true
+	case Conn:
+		return strconv.AppendUint(b, uint64(v), 10), true
 	case int:
 		return strconv.AppendInt(b, int64(v), 10), true
 	case bool:
@@ -133,4 +135,33 @@ func appendValue(b []byte, v any) ([]byte, bool) {
 		return jsonobj.AppendRaw(b, v)
 	}
 	return b, false
+}
+
+// AppendJSON appends t's JSON encoding to b: json.Marshal's, up to the
+// escaping of <, > and & (the broker publishes ticks with it).
+func (t Tick) AppendJSON(b []byte) []byte {
+	b = append(b, '{')
+	if t.RemainingMs != nil {
+		b = append(b, `"remaining_ms":`...)
+		b = strconv.AppendInt(b, *t.RemainingMs, 10)
+		b = append(b, ',')
+	}
+	b = append(b, `"state":`...)
+	b = jsonobj.AppendString(b, string(t.State))
+	if t.Phase != "" {
+		b = append(b, `,"phase":`...)
+		b = jsonobj.AppendString(b, t.Phase)
+	}
+	b = append(b, `,"server_time":`...)
+	b = strconv.AppendInt(b, t.ServerTime, 10)
+	return append(b, '}')
+}
+
+// AppendJSON appends p's JSON encoding to b, as Tick.AppendJSON.
+func (p Presence) AppendJSON(b []byte) []byte {
+	b = append(b, `{"state":`...)
+	b = jsonobj.AppendString(b, p.State)
+	b = append(b, `,"since":`...)
+	b = strconv.AppendInt(b, p.Since, 10)
+	return append(b, '}')
 }

@@ -26,12 +26,25 @@ func TestEncodeSessionIsJSONMarshal(t *testing.T) {
 	}
 }
 
+func TestTickAndPresenceAreJSONMarshal(t *testing.T) {
+	ms := int64(-5)
+	for _, v := range []interface{ AppendJSON([]byte) []byte }{
+		Tick{State: StateActive, ServerTime: 1764669600000},
+		Tick{RemainingMs: &ms, State: StateExpired, Phase: "pay \"now\"", ServerTime: 1},
+		Presence{State: "online", Since: 1764669600000},
+	} {
+		want, err := json.Marshal(v)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(v.AppendJSON(nil)))
+	}
+}
+
 func TestEncodeEventIsJSONMarshal(t *testing.T) {
 	at := time.Date(2026, 12, 2, 10, 0, 0, 5, time.FixedZone("CET", 3600))
 	for _, e := range []Event{
 		{Seq: 1, Time: at, Kind: "begin"},
 		{Seq: 2, Time: at, Kind: "call", Detail: map[string]any{"seq": uint64(7), "method": "buy", "memento": json.RawMessage(`[1,2]`)}},
-		{Seq: 3, Time: at, Kind: "presence", Detail: map[string]any{"state": "online", "n": 3, "ok": true, "cursor": json.RawMessage(nil)}},
+		{Seq: 3, Time: at, Kind: "presence", Detail: map[string]any{"state": "online", "n": 3, "ok": true, "cursor": json.RawMessage(nil), "conn": Conn(12)}},
 		{Seq: 4, Time: at, Kind: "drop", Detail: map[string]any{"seqs": []uint64{1, 2}, "ttl": 1.5}}, // encoded by json.Marshal
 	} {
 		want, err := json.Marshal(e)
@@ -78,6 +91,15 @@ func FuzzSessionEncoding(f *testing.F) {
 		if werr == nil {
 			decodedEqual(t, got, want)
 		}
+		// What devices get of it: ticks and presence.
+		tick := s.tick(at.Add(time.Duration(ns % int64(time.Hour))))
+		want, err := json.Marshal(tick)
+		require.NoError(t, err)
+		decodedEqual(t, tick.AppendJSON(nil), want)
+		p := Presence{State: state, Since: ns}
+		want, err = json.Marshal(p)
+		require.NoError(t, err)
+		decodedEqual(t, p.AppendJSON(nil), want)
 	})
 }
 
@@ -88,7 +110,7 @@ func FuzzEventEncoding(f *testing.F) {
 	f.Fuzz(func(t *testing.T, seq uint64, kind, key, text string, raw []byte, ns int64, off int32, n int) {
 		e := Event{Seq: seq, Time: fuzzTime(ns, off), Kind: kind}
 		if n >= 0 {
-			e.Detail = map[string]any{key: text, key + "1": json.RawMessage(raw), "n": n, "seq": seq, "b": n%2 == 0}
+			e.Detail = map[string]any{key: text, key + "1": json.RawMessage(raw), "n": n, "seq": seq, "b": n%2 == 0, "conn": Conn(seq)}
 		}
 		want, werr := json.Marshal(e)
 		got, gerr := encodeEvent(e)
