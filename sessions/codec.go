@@ -99,9 +99,11 @@ func encodeEvent(e Event) ([]byte, error) {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		b = append(b, `,"detail":`...)
+		b = append(b, `,"detail":{`...)
 		for i, k := range keys {
-			b = append(b, "{,"[min(i, 1)])
+			if i > 0 {
+				b = append(b, ',')
+			}
 			b = jsonobj.AppendString(b, k)
 			b = append(b, ':')
 			if b, ok = appendValue(b, e.Detail[k]); !ok {
