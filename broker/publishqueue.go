@@ -175,6 +175,7 @@ func (n *publishQueues) settle(cl *mqtt.Client) {
 func (n *publishQueues) forget(cl *mqtt.Client) { n.queues.Delete(cl) }
 
 func (q *ackQueue) drain() {
+	reserveStack16K(0)
 	linger := time.NewTimer(drainLinger)
 	defer linger.Stop()
 	for {

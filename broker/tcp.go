@@ -38,6 +38,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			return
 		}
 		go func() {
+			reserveStack32K(0)
 			defer l.conns.done(conn)
 			_ = establish(l.id, &corkConn{Conn: conn})
 		}()

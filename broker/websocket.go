@@ -112,6 +112,7 @@ func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !l.conns.add(conn) {
 		return // shutting down
 	}
+	reserveStack32K(0)
 	defer l.conns.done(conn)
 	defer c.Close()
 	if err := l.establish(l.id, &corkConn{Conn: conn}); err != nil {
