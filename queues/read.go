@@ -52,6 +52,9 @@ func ReadWindow(tx persistence.Txn, user, session string, sent uint64, window in
 // read returns up to limit entries of q above after, leaving out those
 // expired at now.
 func read(tx persistence.Txn, q queue, st state, after uint64, limit int, now time.Time) ([]Entry, error) {
+	if st.Count == 0 || after >= st.NextSeq-1 {
+		return nil, nil // nothing stored above after: no scan (a deliverer that sent everything asks often)
+	}
 	limit = batch(limit)
 	var out []Entry
 	err := tx.Scan(q.entries, st.entriesFrom(q, after), func(k, v []byte) (bool, error) {
