@@ -299,6 +299,7 @@ func (d *delivery) kick(user, session string) {
 	}
 	d.pumping[key] = false
 	go func() {
+		reserveStack16K(0)
 		for {
 			d.pump(user, session)
 			d.mu.Lock()

@@ -5,8 +5,9 @@ package broker
 // mochi's frames hold packets by value, 800 bytes each, so a connection's
 // read goroutine reaches 32 KiB while it handles CONNECT, SUBSCRIBE and the
 // first publishes: a copy at every doubling, a sixth of the broker's CPU in
-// a connect storm. A drain goroutine, started for each burst of requests,
-// needs 16 KiB for a Badger transaction.
+// a connect storm. A drain goroutine (started for each burst of a
+// connection's publishes) and a pump goroutine (for each burst of a
+// session's deliveries) need 16 KiB for a Badger transaction.
 //
 // Calling a function whose frame needs nearly n bytes first thing, while
 // almost nothing is on the stack, grows the stack to n in one step and
@@ -25,7 +26,7 @@ func reserveStack32K(i int) byte {
 }
 
 // reserveStack16K grows the calling goroutine's stack to 16 KiB; for a
-// drain goroutine.
+// drain or pump goroutine.
 //
 //go:noinline
 func reserveStack16K(i int) byte {
