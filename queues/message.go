@@ -72,9 +72,13 @@ func checkKey(k string) error {
 	return nil
 }
 
-// compactData is m.Data without insignificant white space: the form that is
-// stored and counted in Meta.Bytes. m must be valid.
+// compactData is d without insignificant white space: the form that is
+// stored and counted in Meta.Bytes; d itself when it has none. d must be
+// valid.
 func compactData(d json.RawMessage) json.RawMessage {
+	if !jsonobj.Spaced(d) {
+		return d // compact already, as notifiers and json.Marshal send it
+	}
 	var b bytes.Buffer
 	b.Grow(len(d))
 	if err := json.Compact(&b, d); err != nil {
