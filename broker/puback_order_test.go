@@ -151,3 +151,41 @@ func (c *rawMQTT) read(want byte) packets.Packet {
 	require.Equal(c.t, packets.PacketNames[want], packets.PacketNames[pk.FixedHeader.Type], "packet type")
 	return pk
 }
+
+// TestNotifyBurstInOrder pipelines a burst of notifies larger than the
+// ack queue commits ahead of its first PUBACK (several runs of up to 64
+// notifies each), to two sessions in alternating blocks so that runs end
+// at every block. Every PUBACK comes back in publish order, and each
+// session's queue holds its notifies in publish order with seqs 1..n.
+func TestNotifyBurstInOrder(t *testing.T) {
+	const publishes, block = 600, 50
+	b := brokertest.Start(t, brokertest.Config(t))
+	c := dialRawMQTT(t, b.Addrs().MQTT, "app", brokertest.Token(t, b, "app", auth.RoleService), 5)
+	var (
+		burst bytes.Buffer
+		want  = map[string][]string{}
+	)
+	for i := 0; i < publishes; i++ {
+		session := []string{"x", "y"}[(i/block)%2]
+		c.encodePublish(&burst, uint16(i+1), "tether/notify/alice/"+session, fmt.Appendf(nil, `{"data":%d}`, i))
+		want[session] = append(want[session], fmt.Sprint(i))
+	}
+	c.write(burst.Bytes())
+	for i := 0; i < publishes; i++ {
+		ack := c.read(packets.Puback)
+		require.Equal(t, uint16(i+1), ack.PacketID, "PUBACKs in publish order")
+		require.Zero(t, ack.ReasonCode)
+	}
+	for session, data := range want {
+		out, err := b.Outq("alice", session, 0)
+		require.NoError(t, err)
+		var seqs []uint64
+		var got []string
+		for _, e := range out {
+			seqs = append(seqs, e.Seq)
+			got = append(got, string(e.Data))
+		}
+		require.Equal(t, seqRange(1, uint64(len(data))), seqs, session)
+		require.Equal(t, data, got, session)
+	}
+}

@@ -197,24 +197,56 @@ func (q *ackQueue) drain() {
 			}
 			continue
 		}
-		// A notify takes the notifies to the same session queued right
-		// behind it into its transaction: a notifier that keeps many
-		// publishes in flight pays one commit for them, not one each.
-		n := 1
-		if j := q.pending[0].notify; j != nil {
-			for n < len(q.pending) && n < maxNotifyRun && j.joins(q.pending[n].notify) {
-				n++
-			}
-		}
-		run := q.pending[:n:n] // push appends only beyond q.pending: run stays as is
-		q.pending = q.pending[n:]
-		q.room.Broadcast()
+		run := q.take()
 		q.mu.Unlock()
-		if run[0].notify != nil {
-			q.commit(run)
+		if run[0].notify == nil {
+			q.finish(run)
+			continue
 		}
-		q.finish(run)
+		// Notifies that arrived while a run was committed are committed
+		// too before anyone waits for the run's sync round, so they ride
+		// the same round: a notifier's burst is read one publish at a
+		// time, and the first one alone would otherwise make the rest wait
+		// a round more. PUBACKs still leave in arrival order.
+		q.commit(run)
+		runs := [commitAhead][]pendingAck{run}
+		ahead := 1
+		for ; ahead < commitAhead; ahead++ {
+			q.mu.Lock()
+			if len(q.pending) == 0 || q.pending[0].notify == nil {
+				q.mu.Unlock()
+				break
+			}
+			runs[ahead] = q.take()
+			q.mu.Unlock()
+			q.commit(runs[ahead])
+		}
+		for _, run := range runs[:ahead] {
+			q.finish(run)
+		}
 	}
+}
+
+// commitAhead bounds the notify runs committed before the first of them is
+// acknowledged.
+const commitAhead = 4
+
+// take removes the next run from q.pending, which is not empty: a request,
+// a refusal, or a notify with the notifies to the same session queued right
+// behind it, which share its transaction (a notifier that keeps many
+// publishes in flight pays one commit for them, not one each). q.mu is
+// held.
+func (q *ackQueue) take() []pendingAck {
+	n := 1
+	if j := q.pending[0].notify; j != nil {
+		for n < len(q.pending) && n < maxNotifyRun && j.joins(q.pending[n].notify) {
+			n++
+		}
+	}
+	run := q.pending[:n:n] // push appends only beyond q.pending: run stays as is
+	q.pending = q.pending[n:]
+	q.room.Broadcast()
+	return run
 }
 
 // finish runs each of run's requests, waits for its commit and then
