@@ -427,8 +427,8 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 		if inst == 0 {
 			return // not begun: these are another instance's (the topic is shared)
 		}
-		var n wire.Notification
-		if err := json.Unmarshal(msg.Payload(), &n); err != nil || n.Seq == 0 {
+		n, err := wire.DecodeNotification(msg.Payload())
+		if err != nil || n.Seq == 0 {
 			c.log.Warn("undecodable notification", "error", err)
 			return
 		}
