@@ -212,13 +212,9 @@ func (q *ackQueue) drain() {
 		runs := [commitAhead][]pendingAck{run}
 		ahead := 1
 		for ; ahead < commitAhead; ahead++ {
-			q.mu.Lock()
-			if len(q.pending) == 0 || q.pending[0].notify == nil {
-				q.mu.Unlock()
+			if runs[ahead] = q.takeNotifies(); runs[ahead] == nil {
 				break
 			}
-			runs[ahead] = q.take()
-			q.mu.Unlock()
 			q.commit(runs[ahead])
 		}
 		for _, run := range runs[:ahead] {
@@ -230,6 +226,16 @@ func (q *ackQueue) drain() {
 // commitAhead bounds the notify runs committed before the first of them is
 // acknowledged.
 const commitAhead = 4
+
+// takeNotifies takes the next run if it is a notify run, else returns nil.
+func (q *ackQueue) takeNotifies() []pendingAck {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending) == 0 || q.pending[0].notify == nil {
+		return nil
+	}
+	return q.take()
+}
 
 // take removes the next run from q.pending, which is not empty: a request,
 // a refusal, or a notify with the notifies to the same session queued right
