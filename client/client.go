@@ -23,6 +23,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/f47fa0da/tether/internal/pahoconn"
 	"github.com/f47fa0da/tether/wire"
 )
 
@@ -281,6 +282,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.TLSConfig != nil {
 		opts.SetTLSConfig(cfg.TLSConfig)
 	}
+	pahoconn.Use(opts)
 	c.mqtt = paho.NewClient(opts)
 	tok := c.mqtt.Connect()
 	if !waitToken(ctx, tok) {

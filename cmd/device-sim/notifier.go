@@ -10,6 +10,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/f47fa0da/tether/internal/pahoconn"
 )
 
 // The notifier side: plain paho clients (MQTT 3.1.1) publishing QoS 1 and
@@ -35,6 +37,7 @@ func dialMQTT(ctx context.Context, url, user, password string, onLost func(error
 		SetWriteTimeout(10 * time.Second).
 		SetOrderMatters(false).
 		SetDefaultPublishHandler(func(paho.Client, paho.Message) {})
+	pahoconn.Use(opts)
 	if onLost != nil {
 		opts.SetConnectionLostHandler(func(_ paho.Client, err error) { onLost(err) })
 	}
