@@ -102,7 +102,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 		b.calls.handlers[method] = h
 	}
 	b.delivery = &delivery{store: b.store, registry: b.registry, out: out, limits: cfg.QueueLimits, rules: cfg.QueueRules,
-		window: cfg.DeliveryWindow, metrics: newQueueMetrics(b.metrics.reg), cursor: map[string]*cursor{}, pumping: map[string]bool{}}
+		window: cfg.DeliveryWindow, metrics: newQueueMetrics(b.metrics.reg), cursor: map[string]*cursor{}, pumping: map[string]*pumpDue{}}
 	var snaps *snapshots
 	if len(cfg.SnapshotKeys) > 0 {
 		sealer, err := snapshot.NewSealer(cfg.SnapshotKeys, cfg.SnapshotTTL)

@@ -67,11 +67,25 @@ func (b *Broker) LoseInTransit(lose func(seq uint64) bool) { b.delivery.lose = l
 // CommitBatch commits ms to user/session's queue in one transaction, as a
 // run of pipelined notifies is, and waits until it is durable.
 func (b *Broker) CommitBatch(user, session string, ms []queues.Message) ([]queues.Entry, []error, error) {
-	entries, errs, durable, err := b.delivery.commitBatch(user, session, ms)
+	res, durable, err := b.delivery.commitBatch(user, session, ms)
 	if werr := durable.Wait(); werr != nil {
 		return nil, nil, werr
 	}
-	return entries, errs, err
+	return res.entries, res.errs, err
+}
+
+// NotifyRun commits ms to user/session's queue in one transaction and,
+// once durable, offers the entries still queued to the delivery, as the
+// ack queue does with a run of pipelined notifies.
+func (b *Broker) NotifyRun(user, session string, ms []queues.Message) error {
+	res, durable, err := b.delivery.commitBatch(user, session, ms)
+	if werr := durable.Wait(); werr != nil {
+		return werr
+	}
+	if err == nil {
+		b.delivery.offer(user, session, res.queued)
+	}
+	return err
 }
 
 // StoreStats reports the store's commits and sync rounds so far.

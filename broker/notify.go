@@ -71,10 +71,16 @@ func (h *sessionHook) commitNotifies(run []pendingAck) {
 	for i, p := range run {
 		ms[i] = p.notify.m
 	}
-	_, errs, durable, err := h.delivery.commitBatch(j.user, j.target, ms)
-	kick := func() { h.delivery.kick(j.user, j.target) }
+	b, durable, err := h.delivery.commitBatch(j.user, j.target, ms)
+	offered := false // every taken notify of the run runs then: offer once
+	offer := func() {
+		if !offered {
+			offered = true
+			h.delivery.offer(j.user, j.target, b.queued)
+		}
+	}
 	for i := range run {
-		run[i].durable, run[i].err, run[i].then = durable, errs[i], kick
+		run[i].durable, run[i].err, run[i].then = durable, b.errs[i], offer
 		if err != nil {
 			run[i].err = err
 		}

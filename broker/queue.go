@@ -43,8 +43,8 @@ type delivery struct {
 	lose func(seq uint64) bool
 
 	mu      sync.Mutex
-	cursor  map[string]*cursor // by "user/session": the last seq sent to the current instance
-	pumping map[string]bool    // sessions with a kicked pump running: true if kicked again since
+	cursor  map[string]*cursor  // by "user/session": the last seq sent to the current instance
+	pumping map[string]*pumpDue // sessions with a kicked pump running: what it has yet to do
 }
 
 type cursor struct {
@@ -52,6 +52,23 @@ type cursor struct {
 	conn sessions.Conn // the connection sent went to
 	sent uint64
 	hold bool // a begin's reply is not out yet: send nothing before it
+	// acked is the queue's acked seq as last read or acknowledged since
+	// (never above the stored one); known says that sent and acked come
+	// from a read to this connection (not reset since by a begin, a rewind
+	// or another connection); caughtUp, that everything committed until
+	// then was sent: the last read found less than the window had room for,
+	// or the offers since fit in it.
+	acked    uint64
+	known    bool
+	caughtUp bool
+}
+
+// pumpDue is what a running pump is asked to do next: read the queue
+// (read), or only send entries just committed and synced (offered).
+type pumpDue struct {
+	again   bool
+	read    bool
+	offered []queues.Entry
 }
 
 type queueMetrics struct {
@@ -121,11 +138,22 @@ func (d *delivery) enqueue(user, session string, m queues.Message) (queues.Entry
 // nothing about it may leave the broker (a PUBACK, a delivery) before
 // the returned Durable is waited on.
 func (d *delivery) commit(user, session string, m queues.Message) (queues.Entry, persistence.Durable, error) {
-	entries, errs, durable, err := d.commitBatch(user, session, []queues.Message{m})
+	b, durable, err := d.commitBatch(user, session, []queues.Message{m})
 	if err == nil {
-		err = errs[0]
+		err = b.errs[0]
 	}
-	return entries[0], durable, err
+	return b.entries[0], durable, err
+}
+
+// batch is what commitBatch did with each of its messages.
+type batch struct {
+	entries []queues.Entry // message i's entry; zero if refused or dropped by policy
+	errs    []error        // why message i was refused
+	// queued are the batch's entries still in the queue when it committed
+	// (a later message of the batch may have collapsed or pushed out an
+	// earlier one), in seq order: what a read right after the commit
+	// would have found of the batch.
+	queued []queues.Entry
 }
 
 // commitBatch adds ms to user/session's queue in one transaction, in
@@ -133,11 +161,13 @@ func (d *delivery) commit(user, session string, m queues.Message) (queues.Entry,
 // refuses (full, too large, invalid) gets its error in errs and changes
 // nothing; err fails the whole batch, which then changed nothing. When
 // every message is refused nothing is committed (not even a new session).
-func (d *delivery) commitBatch(user, session string, ms []queues.Message) ([]queues.Entry, []error, persistence.Durable, error) {
+func (d *delivery) commitBatch(user, session string, ms []queues.Message) (batch, persistence.Durable, error) {
 	entries, errs := make([]queues.Entry, len(ms)), make([]error, len(ms))
+	var gone map[uint64]bool // seqs of the batch's entries that left the queue within it
 	durable, err := d.registry.Commit(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
 		clear(entries) // afresh on every attempt: a conflict retries this function
 		clear(errs)
+		clear(gone)
 		run, err := queues.NewRun(tx, user, session)
 		if err != nil {
 			return sessions.Change{}, err
@@ -154,6 +184,12 @@ func (d *delivery) commitBatch(user, session string, ms []queues.Message) ([]que
 				continue
 			}
 			entries[i] = e
+			for _, dr := range drops {
+				if gone == nil {
+					gone = map[uint64]bool{}
+				}
+				gone[dr.Seq] = true
+			}
 			events = append(events, d.dropEvents(drops)...)
 		}
 		if refused == len(ms) {
@@ -174,7 +210,15 @@ func (d *delivery) commitBatch(user, session string, ms []queues.Message) ([]que
 			d.metrics.enqueued.Inc()
 		}
 	}
-	return entries, errs, durable, err
+	b := batch{entries: entries, errs: errs}
+	if err == nil {
+		for _, e := range entries {
+			if e.Seq != 0 && !gone[e.Seq] {
+				b.queued = append(b.queued, e)
+			}
+		}
+	}
+	return b, durable, err
 }
 
 // errAllRefused aborts a batch whose every message was refused.
@@ -211,8 +255,23 @@ func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, u
 		d.metrics.resends.Inc()
 		d.rewind(user, session, conn)
 	}
-	d.kick(user, session)
+	d.acknowledged(user, session, upto)
 	return total, nil
+}
+
+// acknowledged pumps user/session after an ack up to upto committed: the
+// window has room again. The queue is read only if it may hold entries
+// not sent yet that no offer brings (the window was full, or the cursor
+// was reset); otherwise there is nothing to send until the next offer.
+func (d *delivery) acknowledged(user, session string, upto uint64) {
+	c := d.cursorFor(user + "/" + session)
+	c.mu.Lock()
+	read := !c.known || !c.caughtUp
+	if c.known {
+		c.acked = max(c.acked, upto) // the stored acked seq is at least upto now
+	}
+	c.mu.Unlock()
+	d.schedule(user, session, read, nil)
 }
 
 // begin runs a begin (fn) with user/session's delivery held: from the
@@ -233,7 +292,7 @@ func (d *delivery) begin(user, session string, fn func() (sessions.Conn, error))
 	d.mu.Unlock()
 	conn, err := fn()
 	if err == nil {
-		c.conn, c.sent, c.hold = conn, 0, true
+		c.conn, c.sent, c.hold, c.known = conn, 0, true, false
 	}
 	return err
 }
@@ -271,7 +330,7 @@ func (d *delivery) rewind(user, session string, conn sessions.Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn == conn {
-		c.sent = 0 // raised to the acked seq by the pump
+		c.sent, c.known = 0, false // raised to the acked seq by the pump
 	}
 }
 
@@ -289,26 +348,37 @@ func (d *delivery) cursorFor(key string) *cursor {
 // kick pumps user/session in the background: the caller (a notifier's ack
 // queue, a device's read loop) does not wait for the read. Kicks that come
 // while a pump runs make it run once more, so bursts coalesce.
-func (d *delivery) kick(user, session string) {
+func (d *delivery) kick(user, session string) { d.schedule(user, session, true, nil) }
+
+// offer is kick after a commit of notifies to user/session that is
+// durable now, with its queued entries (batch.queued): when they are just
+// what a read would find, the pump sends them without reading the queue.
+func (d *delivery) offer(user, session string, entries []queues.Entry) {
+	d.schedule(user, session, len(entries) == 0, entries)
+}
+
+func (d *delivery) schedule(user, session string, read bool, offered []queues.Entry) {
 	key := user + "/" + session
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, running := d.pumping[key]; running {
-		d.pumping[key] = true
+	if due, running := d.pumping[key]; running {
+		due.again, due.read = true, due.read || read
+		due.offered = append(due.offered, offered...)
 		return
 	}
-	d.pumping[key] = false
+	due := &pumpDue{}
+	d.pumping[key] = due
 	go func() {
 		reserveStack16K(0)
 		for {
-			d.pump(user, session)
+			d.pumpDue(user, session, read, offered)
 			d.mu.Lock()
-			again := d.pumping[key]
+			again := due.again
 			if !again {
 				delete(d.pumping, key)
-			} else {
-				d.pumping[key] = false
 			}
+			read, offered = due.read, due.offered
+			due.again, due.read, due.offered = false, false, nil
 			d.mu.Unlock()
 			if !again {
 				return
@@ -319,7 +389,11 @@ func (d *delivery) kick(user, session string) {
 
 // pump publishes the next entries of user/session to its device, up to the
 // window, if its instance is attached. Pumps of one session are serialised.
-func (d *delivery) pump(user, session string) {
+func (d *delivery) pump(user, session string) { d.pumpDue(user, session, true, nil) }
+
+// pumpDue is pump, which reads the queue only if read is set or the
+// offered entries are not what a read would return (see sendOffered).
+func (d *delivery) pumpDue(user, session string, read bool, offered []queues.Entry) {
 	key := user + "/" + session
 	conn := d.registry.AttachedConn(user, session)
 	if conn == 0 {
@@ -344,22 +418,70 @@ func (d *delivery) pump(user, session string) {
 	if c.conn != conn {
 		// Another connection (a reconnect, another device): what was sent
 		// to the old one may never have arrived; start again after acked.
-		c.conn, c.sent = conn, 0
+		c.conn, c.sent, c.known = conn, 0, false
 	}
 	topic := wire.SessionTopic(user, session, wire.LeafNotify)
 	if d.subscribed != nil && !d.subscribed(conn, topic) {
 		return // its subscription kicks the pump again
 	}
+	now := time.Now()
+	if !read && c.known && len(offered) == 0 {
+		return // an ack with nothing left to send (see acknowledged)
+	}
+	if !read && d.sendOffered(c, topic, offered, now) {
+		return
+	}
 	var entries []queues.Entry
 	err := d.store.View(func(tx persistence.Txn) error {
 		var err error
-		c.sent, entries, err = queues.ReadWindow(tx, user, session, c.sent, d.window, time.Now())
+		c.sent, c.acked, entries, err = queues.ReadWindow(tx, user, session, c.sent, d.window, now)
 		return err
 	})
 	if err != nil {
+		c.known = false
 		d.out.log.Error("read queue", "session", key, "error", err)
 		return
 	}
+	c.known = true
+	c.caughtUp = len(entries) < d.window-int(c.sent-c.acked)
+	d.send(c, topic, entries)
+}
+
+// sendOffered sends offered (entries of commits that are durable, in the
+// order the commits were offered) without reading the queue when they are
+// what a read would return: the cursor knows the queue's acked seq, the
+// entries not sent yet follow the last seq sent without a gap, and none
+// has expired. It reports whether it sent them; a false leaves the cursor
+// as it was. The window is counted from c.acked, never above the stored
+// acked seq, so it holds as in a read. Entries the window has no room for
+// wait for the acks that make room (and read them).
+func (d *delivery) sendOffered(c *cursor, topic string, offered []queues.Entry, now time.Time) bool {
+	if !c.known || len(offered) == 0 {
+		return false
+	}
+	sent := max(c.sent, c.acked)
+	next := offered
+	for len(next) > 0 && next[0].Seq <= sent {
+		next = next[1:] // sent already, by a read after its commit
+	}
+	if len(next) == 0 {
+		return true // that read may have left more: caughtUp stays as it said
+	}
+	for i, e := range next {
+		if e.Seq != sent+1+uint64(i) || e.Expired(now) {
+			return false
+		}
+	}
+	room := max(0, d.window-int(sent-c.acked))
+	c.caughtUp = len(next) <= room
+	next = next[:min(room, len(next))]
+	c.sent = sent
+	d.send(c, topic, next)
+	return true
+}
+
+// send publishes entries, the next ones after c.sent, to c's device.
+func (d *delivery) send(c *cursor, topic string, entries []queues.Entry) {
 	for _, e := range entries {
 		if d.lose != nil && d.lose(e.Seq) {
 			c.sent = e.Seq

@@ -449,6 +449,43 @@ func TestNotifyPipelined(t *testing.T) {
 	require.Equal(t, seqRange(1, n), seqs)
 }
 
+// A committed run of notifies is sent to a device that has everything
+// before it without reading the queue back, and what arrives is still just
+// what a read would find: not the entry a later message of the run
+// collapsed, never more than the window, the rest after the ack, and the
+// next run after that.
+func TestOfferedRunsDeliverWhatIsQueued(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.DeliveryWindow = 4
+	b := brokertest.Start(t, cfg)
+	url := "tcp://" + b.Addrs().MQTT
+	d := device(t, url, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "live")
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	msg := func(data, key string) queues.Message { return queues.Message{Data: json.RawMessage(data), Key: key} }
+
+	require.NoError(t, b.NotifyRun("alice", "live", []queues.Message{
+		msg(`"old"`, "k"), msg(`"new"`, "k"), msg("3", ""), msg("4", ""), msg("5", ""), msg("6", ""),
+	}))
+	seqs, data := receive(t, d, 4)
+	require.Equal(t, []uint64{2, 3, 4, 5}, seqs, "seq 1 was collapsed by seq 2 in the same run")
+	require.Equal(t, []string{`"new"`, "3", "4", "5"}, data)
+	select {
+	case n := <-d.Notifications():
+		t.Fatalf("seq %d arrived with a window of 4 full", n.Seq)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	d.Ack(5)
+	seqs, _ = receive(t, d, 1)
+	require.Equal(t, []uint64{6}, seqs)
+	d.Ack(6)
+	require.NoError(t, b.NotifyRun("alice", "live", []queues.Message{msg("7", ""), msg("8", "")}))
+	seqs, data = receive(t, d, 2)
+	require.Equal(t, []uint64{7, 8}, seqs)
+	require.Equal(t, []string{"7", "8"}, data)
+}
+
 // TestNotifyPipelinedRefusalsInOrder sends MQTT 5 publishes back to back to
 // a queue that takes two: the PUBACKs come in publish order, two successes
 // and then "quota exceeded" (0x97) for the rest.

@@ -135,12 +135,13 @@ func TestReadWindowKeepsAtMostWindowUnacked(t *testing.T) {
 	for i := range 10 {
 		enqueue(t, s, msg(i), queues.DefaultLimits(), t0)
 	}
+	acked := uint64(0)
 	window := func(sent uint64) (uint64, []uint64) {
 		t.Helper()
 		var es []queues.Entry
 		require.NoError(t, s.View(func(tx persistence.Txn) error {
 			var err error
-			sent, es, err = queues.ReadWindow(tx, user, sess, sent, 4, t0)
+			sent, acked, es, err = queues.ReadWindow(tx, user, sess, sent, 4, t0)
 			return err
 		}))
 		return sent, seqs(es)
@@ -150,6 +151,7 @@ func TestReadWindowKeepsAtMostWindowUnacked(t *testing.T) {
 
 	sent, got := window(0) // sent nothing yet: starts after acked
 	require.Equal(t, uint64(3), sent)
+	require.Equal(t, uint64(3), acked)
 	require.Equal(t, []uint64{4, 5, 6, 7}, got)
 	sent, got = window(7) // four in flight: no room
 	require.Equal(t, uint64(7), sent)
@@ -159,6 +161,7 @@ func TestReadWindowKeepsAtMostWindowUnacked(t *testing.T) {
 	require.NoError(t, err)
 	sent, got = window(7) // two acked: room for two
 	require.Equal(t, uint64(7), sent)
+	require.Equal(t, uint64(5), acked)
 	require.Equal(t, []uint64{8, 9}, got)
 	sent, got = window(9) // the end of the queue
 	require.Equal(t, uint64(9), sent)

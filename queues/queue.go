@@ -55,8 +55,8 @@ type Entry struct {
 	Key      string          `json:"key,omitempty"`    // collapse key
 }
 
-// expired reports whether e is past its TTL at now.
-func (e Entry) expired(now time.Time) bool {
+// Expired reports whether e is past its TTL at now.
+func (e Entry) Expired(now time.Time) bool {
 	return !e.Expires.IsZero() && !now.Before(e.Expires)
 }
 

@@ -29,24 +29,24 @@ func Read(tx persistence.Txn, user, session string, after uint64, limit int, now
 // ReadWindow is Read for a deliverer that keeps at most window entries
 // unacknowledged, with one read of the queue's state: sent is the last seq
 // it sent, raised to the queue's acked seq if below it (what was sent
-// before that counts no more); entries are those above it, as many as the
-// window has room for.
-func ReadWindow(tx persistence.Txn, user, session string, sent uint64, window int, now time.Time) (uint64, []Entry, error) {
+// before that counts no more); acked is the queue's acked seq; entries are
+// those above sent, as many as the window has room for.
+func ReadWindow(tx persistence.Txn, user, session string, sent uint64, window int, now time.Time) (_, acked uint64, _ []Entry, _ error) {
 	q, err := open(user, session)
 	if err != nil {
-		return sent, nil, err
+		return sent, 0, nil, err
 	}
 	st, err := loadState(tx, q)
 	if err != nil {
-		return sent, nil, err
+		return sent, 0, nil, err
 	}
 	sent = max(sent, st.Acked)
 	room := window - int(sent-st.Acked)
 	if room <= 0 || sent == ^uint64(0) {
-		return sent, nil, nil
+		return sent, st.Acked, nil, nil
 	}
 	entries, err := read(tx, q, st, sent, room, now)
-	return sent, entries, err
+	return sent, st.Acked, entries, err
 }
 
 // read returns up to limit entries of q above after, leaving out those
@@ -66,7 +66,7 @@ func read(tx persistence.Txn, q queue, st state, after uint64, limit int, now ti
 		if err != nil {
 			return false, err
 		}
-		if !e.expired(now) {
+		if !e.Expired(now) {
 			out = append(out, e)
 		}
 		return len(out) < limit, nil
