@@ -178,6 +178,7 @@ var errNotYet = errors.New("broker: op not supported by this broker")
 type begun struct {
 	sessions.BeginResult
 	QueueInfo
+	Window int `json:"window"` // notifications sent before the broker waits for an ack
 }
 
 // begin starts an instance, then delivers the queue from the last acked seq.
@@ -198,7 +199,7 @@ func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	return begun{res, qi}, nil
+	return begun{res, qi, h.delivery.window}, nil
 }
 
 // afterBegin, when set (only by tests, before Open), runs after a begin

@@ -40,6 +40,13 @@ type Config struct {
 	TickInterval   time.Duration // expected tick interval until begin says the broker's (pings go at this rate)
 	LostAfter      int           // missed ticks before EventLost
 	ManualPing     bool          // the application sends Ping itself; no automatic pings
+	// AckDelay is how long an ack may wait for more notifications to be
+	// handled, so that one ack (one commit on the broker) covers a run of
+	// them; 0 sends each at once. It leaves sooner once half the broker's
+	// delivery window is unacknowledged, when a gap asks for a resend, and
+	// before End. At most 1 s; an ack that has not left when the device
+	// dies only means those notifications come again to the next begin.
+	AckDelay time.Duration
 	// Snapshot is the last sealed snapshot the application kept (from
 	// OnSnapshot); Begin presents it so that a broker which lost the session
 	// (another node, a lost data directory) restores it.
@@ -53,7 +60,8 @@ type Config struct {
 
 // DefaultConfig returns a Config with the timings matching the broker's defaults.
 func DefaultConfig() Config {
-	return Config{KeepAlive: 10 * time.Second, RequestTimeout: 10 * time.Second, TickInterval: 5 * time.Second, LostAfter: 3}
+	return Config{KeepAlive: 10 * time.Second, RequestTimeout: 10 * time.Second, TickInterval: 5 * time.Second, LostAfter: 3,
+		AckDelay: 10 * time.Millisecond}
 }
 
 func (c Config) validate() error {
@@ -68,6 +76,9 @@ func (c Config) validate() error {
 	}
 	if c.KeepAlive < time.Second || c.RequestTimeout <= 0 || c.TickInterval <= 0 || c.LostAfter < 1 {
 		return errors.New("client: KeepAlive ≥ 1s, RequestTimeout, TickInterval and LostAfter must be set (start from DefaultConfig)")
+	}
+	if c.AckDelay < 0 || c.AckDelay > time.Second {
+		return fmt.Errorf("client: AckDelay must be 0..1s, got %s", c.AckDelay)
 	}
 	return nil
 }
@@ -133,6 +144,7 @@ type Begun struct {
 	LivenessMs     int64  `json:"liveness_ms"`
 	Acked          uint64 `json:"acked"`  // highest notification seq acknowledged so far
 	Queued         int    `json:"queued"` // notifications waiting; they follow the reply
+	Window         int    `json:"window"` // notifications the broker sends before it waits for an ack (0: not told)
 }
 
 // Notification is one message from the session's queue. Seqs only grow;
@@ -197,6 +209,7 @@ type Client struct {
 	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
 	gaps     atomic.Uint64  // gaps seen in the notifications (a Prev not seen)
 	resent   atomic.Uint64  // gaps covered by a resend the broker confirmed
+	window   atomic.Int64   // the broker's delivery window, from begin (0: not told)
 	ackKick  chan struct{}
 	lastTick atomic.Int64 // unix nanos
 	lost     atomic.Bool
@@ -499,7 +512,7 @@ func (c *Client) Notifications() <-chan Notification { return c.notes }
 
 // Ack acknowledges every notification up to seq upto (cumulative); the
 // broker removes them from the queue. It is sent in the background and
-// coalesced, so it never waits for the broker.
+// coalesced (see Config.AckDelay), so it never waits for the broker.
 func (c *Client) Ack(upto uint64) {
 	raise(&c.ackWant, upto)
 	c.kickAcker()
@@ -542,6 +555,9 @@ func (c *Client) acker() {
 		case <-c.ackKick:
 		}
 		for {
+			if !c.ackWait() {
+				return
+			}
 			want, gaps := c.ackWant.Load(), c.gaps.Load()
 			resend := gaps > c.resent.Load()
 			if want <= c.ackSent.Load() && !resend {
@@ -562,6 +578,38 @@ func (c *Client) acker() {
 			raise(&c.resent, gaps)
 		}
 	}
+}
+
+// ackWait holds the next ack back for up to AckDelay while holdAck says
+// it may wait for more. It returns false when the client is closing.
+func (c *Client) ackWait() bool {
+	if c.cfg.AckDelay <= 0 || !c.holdAck() {
+		return true
+	}
+	timer := time.NewTimer(c.cfg.AckDelay)
+	defer timer.Stop()
+	for c.holdAck() {
+		select {
+		case <-c.ackKick: // more handled: look again
+		case <-timer.C:
+			return true
+		case <-c.ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// holdAck reports whether an ack is pending that may wait for more: no
+// resend is asked for, the broker said its window, and less than half of
+// it is unacknowledged (the other half keeps coming meanwhile).
+func (c *Client) holdAck() bool {
+	want, sent := c.ackWant.Load(), c.ackSent.Load()
+	if want <= sent || c.gaps.Load() > c.resent.Load() {
+		return false
+	}
+	w := uint64(c.window.Load())
+	return want-sent < w/2
 }
 
 // gotTick records a sign of life and passes the tick on (dropping it if the
@@ -673,6 +721,7 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 		c.acked.Store(nb.Acked)
 		c.ackWant.Store(nb.Acked)
 		c.ackSent.Store(nb.Acked)
+		c.window.Store(int64(nb.Window))
 		c.instance.Add(1)
 	}
 	if err := c.requestWith(ctx, wire.Request{Op: wire.OpBegin, Restore: c.Snapshot()}, false, &b, onOK); err != nil {
@@ -760,6 +809,14 @@ func (c *Client) End(ctx context.Context) error {
 	nonce := c.Nonce()
 	if nonce == "" {
 		return nil
+	}
+	// What was handled is acknowledged first, not left to a held ack: the
+	// next instance would get it again.
+	if want := c.ackWant.Load(); want > c.ackSent.Load() && c.gaps.Load() <= c.resent.Load() {
+		if err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &want}, true, nil); err != nil {
+			return err
+		}
+		raise(&c.ackSent, want)
 	}
 	err := c.request(ctx, wire.Request{Op: wire.OpEnd, Nonce: nonce}, true, nil)
 	if err == nil {
