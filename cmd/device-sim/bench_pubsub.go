@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -31,6 +32,7 @@ type pubsubConfig struct {
 	inflight  int // unacknowledged publishes per notifier
 	payload   int // padding bytes in each message
 	targets   []string
+	rounds    int    // every target runs once per round, the rounds one after another
 	inProcess bool   // run Tether and mochi in this process, not as their own
 	bin       string // Tether's broker binary, when it runs as its own process
 	benchFlags
@@ -39,6 +41,7 @@ type pubsubConfig struct {
 // pubsubResult is one target's outcome.
 type pubsubResult struct {
 	Target    string        `json:"target"`
+	Round     int           `json:"round"` // from 1
 	What      string        `json:"what"`
 	Messages  int           `json:"messages"`
 	Acked     int           `json:"acked"`     // PUBACKs the notifiers got
@@ -72,6 +75,7 @@ func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&c.inflight, "inflight", 10, "unacknowledged publishes per notifier (1 = wait for each PUBACK)")
 	fs.IntVar(&c.payload, "payload", 64, "padding bytes per message")
 	targets := fs.String("targets", "mosquitto,mochi,tether-plain,tether,tether-enqueue", "brokers to compare, in run order")
+	fs.IntVar(&c.rounds, "rounds", 3, "rounds of every target in turn, so that ratios come from runs minutes apart at most; the table shows each target's median round")
 	fs.BoolVar(&c.inProcess, "in-process", false, "run Tether and mochi inside device-sim (so that --cpuprofile covers them) instead of as processes of their own, as mosquitto runs")
 	c.benchFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -83,8 +87,8 @@ func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		c.targets = append(c.targets, t)
 	}
-	if c.notifiers < 1 || c.messages < 1 || c.inflight < 1 {
-		return usagef("bench pubsub: --notifiers, --messages and --inflight must be at least 1")
+	if c.notifiers < 1 || c.messages < 1 || c.inflight < 1 || c.rounds < 1 {
+		return usagef("bench pubsub: --notifiers, --messages, --inflight and --rounds must be at least 1")
 	}
 	if !c.inProcess && slices.ContainsFunc(c.targets, func(t string) bool { return strings.HasPrefix(t, "tether") }) {
 		dir, cleanup, err := tempDir("device-sim-pubsub-bin-", false, stderr)
@@ -102,16 +106,20 @@ func benchPubsubCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer stopProf()
 	var results []pubsubResult
-	for _, t := range c.targets {
-		fmt.Fprintf(stderr, "bench pubsub: %s: %d notifiers x %d messages, inflight %d ...\n", t, c.notifiers, c.messages, c.inflight)
-		r := runPubsub(ctx, c, t, stderr)
-		if r.Error != "" {
-			fmt.Fprintf(stderr, "bench pubsub: %s: %s\n", t, r.Error)
-		}
-		results = append(results, r)
-		runtime.GC()
-		if ctx.Err() != nil {
-			return ctx.Err()
+	for round := 1; round <= c.rounds; round++ {
+		for _, t := range c.targets {
+			fmt.Fprintf(stderr, "bench pubsub: round %d of %d: %s: %d notifiers x %d messages, inflight %d ...\n",
+				round, c.rounds, t, c.notifiers, c.messages, c.inflight)
+			r := runPubsub(ctx, c, t, stderr)
+			r.Round = round
+			if r.Error != "" {
+				fmt.Fprintf(stderr, "bench pubsub: %s: %s\n", t, r.Error)
+			}
+			results = append(results, r)
+			runtime.GC()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 		}
 	}
 	table := pubsubTable(c, results)
@@ -451,16 +459,63 @@ func tetherReceiver(url string, tokens map[string]string) func(context.Context, 
 	}
 }
 
-// pubsubTable renders the results and the ratios of durable Tether.
-func pubsubTable(c pubsubConfig, rs []pubsubResult) string {
+// medianRounds returns each target's median round by msgs/s (the lower
+// of the two middle ones for an even count), in the order of targets.
+func medianRounds(targets []string, rs []pubsubResult) []pubsubResult {
+	var out []pubsubResult
+	for _, t := range targets {
+		var of []pubsubResult
+		for _, r := range rs {
+			if r.Target == t {
+				of = append(of, r)
+			}
+		}
+		if len(of) == 0 {
+			continue
+		}
+		slices.SortStableFunc(of, func(a, b pubsubResult) int { return cmp.Compare(a.Rate, b.Rate) })
+		out = append(out, of[(len(of)-1)/2])
+	}
+	return out
+}
+
+// roundRatios returns durable Tether's rate over other's, one per round
+// in which both ran, sorted.
+func roundRatios(rs []pubsubResult, other string) []float64 {
+	tether, base := map[int]float64{}, map[int]float64{}
+	for _, r := range rs {
+		switch {
+		case r.Rate <= 0:
+		case r.Target == "tether":
+			tether[r.Round] = r.Rate
+		case r.Target == other:
+			base[r.Round] = r.Rate
+		}
+	}
+	var out []float64
+	for round, t := range tether {
+		if o, ok := base[round]; ok {
+			out = append(out, t/o)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// pubsubTable renders each target's median round and the ratios of
+// durable Tether, the median of the rounds' ratios.
+func pubsubTable(c pubsubConfig, all []pubsubResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "notify->deliver, QoS 1: %d notifiers -> %d receivers, %d messages each (%d in all), %d unacknowledged per notifier, %d-byte padding\n\n",
+	fmt.Fprintf(&b, "notify->deliver, QoS 1: %d notifiers -> %d receivers, %d messages each (%d in all), %d unacknowledged per notifier, %d-byte padding\n",
 		c.notifiers, c.notifiers, c.messages, c.notifiers*c.messages, c.inflight, c.payload)
+	if c.rounds > 1 {
+		fmt.Fprintf(&b, "%d rounds of every target in turn; each row is that target's median round by msgs/s\n", c.rounds)
+	}
+	b.WriteString("\n")
+	rs := medianRounds(c.targets, all)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "target\tdelivered\tseconds\tmsgs/s\tPUBACKs/s\tp50 ms\tp99 ms\tbroker CPU µs/msg\t")
-	rate := map[string]float64{}
 	for _, r := range rs {
-		rate[r.Target] = r.Rate
 		p50, p99 := "-", "-"
 		if r.Latency.Count > 0 {
 			p50, p99 = ms(r.Latency.P50), ms(r.Latency.P99)
@@ -480,12 +535,20 @@ func pubsubTable(c pubsubConfig, rs []pubsubResult) string {
 				r.Target, thousands(int64(r.Lost)), thousands(int64(r.Acked)))
 		}
 	}
-	if t := rate["tether"]; t > 0 {
-		for _, other := range []string{"mosquitto", "mochi", "tether-plain", "tether-enqueue"} {
-			if o := rate[other]; o > 0 {
-				fmt.Fprintf(&b, "durable Tether / %s: %.2fx\n", other, t/o)
-			}
+	for _, other := range []string{"mosquitto", "mochi", "tether-plain", "tether-enqueue"} {
+		ratios := roundRatios(all, other)
+		if len(ratios) == 0 {
+			continue
 		}
+		fmt.Fprintf(&b, "durable Tether / %s: %.2fx", other, ratios[(len(ratios)-1)/2])
+		if len(ratios) > 1 {
+			each := make([]string, len(ratios))
+			for i, x := range ratios {
+				each[i] = fmt.Sprintf("%.2f", x)
+			}
+			fmt.Fprintf(&b, " (median of the rounds: %s)", strings.Join(each, ", "))
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
@@ -495,7 +558,7 @@ func pubsubDoc(c pubsubConfig, rs []pubsubResult, table string) string {
 	b.WriteString("## Notify -> deliver: durable Tether vs mosquitto vs bare mochi\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s by `%s` (all targets in one run).\n\n", today(), machine(), commandLine())
 	b.WriteString("```\n" + table + "```\n\n")
-	for _, r := range rs {
+	for _, r := range medianRounds(c.targets, rs) {
 		fmt.Fprintf(&b, "- **%s**: %s.\n", r.Target, r.What)
 	}
 	b.WriteString("\nmsgs/s counts distinct messages received from the first publish to the last delivery;" +

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -206,23 +207,46 @@ func TestBenchPubsub(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout strings.Builder
-	err := benchPubsubCmd(ctx, []string{"--targets", "mochi,tether,tether-enqueue", "--notifiers", "3", "--messages", "300", "--json", out}, &stdout, io.Discard)
+	err := benchPubsubCmd(ctx, []string{"--targets", "mochi,tether,tether-enqueue", "--notifiers", "3", "--messages", "300", "--rounds", "2", "--json", out}, &stdout, io.Discard)
 	require.NoError(t, err)
 	var results []pubsubResult
 	b, err := os.ReadFile(out)
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(b, &results))
-	require.Len(t, results, 3)
-	for _, r := range results {
+	require.Len(t, results, 6, "three targets, two rounds")
+	for i, r := range results {
 		require.Empty(t, r.Error, r.Target)
+		require.Equal(t, 1+i/3, r.Round, "%s: the rounds run one after another", r.Target)
 		require.Equal(t, 900, r.Acked, "%s: every publish acknowledged", r.Target)
 		require.Positive(t, r.Rate, r.Target)
 	}
-	tether := results[1]
-	require.Equal(t, "tether", tether.Target)
-	require.Equal(t, 900, tether.Delivered, "every durable notification delivered")
-	require.Zero(t, tether.Lost)
-	require.Equal(t, int64(900), tether.Latency.Count)
-	require.Positive(t, tether.Latency.P50)
-	require.Contains(t, stdout.String(), "durable Tether / mochi: ")
+	for _, tether := range []pubsubResult{results[1], results[4]} {
+		require.Equal(t, "tether", tether.Target)
+		require.Equal(t, 900, tether.Delivered, "every durable notification delivered")
+		require.Zero(t, tether.Lost)
+		require.Equal(t, int64(900), tether.Latency.Count)
+		require.Positive(t, tether.Latency.P50)
+	}
+	low, high := min(results[1].Rate/results[0].Rate, results[4].Rate/results[3].Rate), max(results[1].Rate/results[0].Rate, results[4].Rate/results[3].Rate)
+	require.Contains(t, stdout.String(), fmt.Sprintf("durable Tether / mochi: %.2fx (median of the rounds: %.2f, %.2f)", low, low, high))
+	require.Contains(t, stdout.String(), "2 rounds of every target in turn")
+
+	err = benchPubsubCmd(ctx, []string{"--rounds", "0"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "--rounds")
+}
+
+// The table shows each target's median round, and each ratio is the median
+// of the rounds' ratios, not a ratio of medians.
+func TestPubsubMedians(t *testing.T) {
+	rs := []pubsubResult{
+		{Target: "mosquitto", Round: 1, Rate: 100}, {Target: "tether", Round: 1, Rate: 40},
+		{Target: "mosquitto", Round: 2, Rate: 300}, {Target: "tether", Round: 2, Rate: 60},
+		{Target: "mosquitto", Round: 3, Rate: 200}, {Target: "tether", Round: 3, Rate: 140},
+	}
+	med := medianRounds([]string{"mosquitto", "tether"}, rs)
+	require.Equal(t, []float64{200, 60}, []float64{med[0].Rate, med[1].Rate})
+	require.Equal(t, []int{3, 2}, []int{med[0].Round, med[1].Round})
+	require.Equal(t, []float64{0.2, 0.4, 0.7}, roundRatios(rs, "mosquitto"))
+	table := pubsubTable(pubsubConfig{targets: []string{"mosquitto", "tether"}, rounds: 3, notifiers: 1, messages: 1, inflight: 1}, rs)
+	require.Contains(t, table, "durable Tether / mosquitto: 0.40x (median of the rounds: 0.20, 0.40, 0.70)")
 }
