@@ -120,7 +120,7 @@ func runCalls(ctx context.Context, bf benchFlags, root string, n int, dur time.D
 		return res
 	}
 	defer func() { _ = proc.stop(10 * time.Second) }()
-	sessions, _, err := connectMany(ctx, "tcp://"+addr, n, min(n, 64), tokens, true)
+	sessions, _, err := connectMany(ctx, "tcp://"+addr, n, min(n, 64), tokens, lightBegin)
 	defer func() {
 		for _, s := range sessions {
 			s.close()

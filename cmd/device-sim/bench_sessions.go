@@ -150,7 +150,7 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 		proc   *child
 		addr   string
 		tokens map[string]string
-		begin  bool
+		mode   = lightConnect
 	)
 	switch target {
 	case "tether":
@@ -162,7 +162,7 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 			break
 		}
 		proc, addr, err = startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
-		begin = true
+		mode = lightBegin
 	case "mosquitto":
 		proc, addr, err = startMosquitto(ctx, dir)
 	case "mochi":
@@ -178,7 +178,7 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 		res.Error = err.Error()
 		return res
 	}
-	sessions, _, err := connectMany(ctx, "tcp://"+addr, n, conc, tokens, begin)
+	sessions, _, err := connectMany(ctx, "tcp://"+addr, n, conc, tokens, mode)
 	defer func() {
 		for _, s := range sessions {
 			s.close()
@@ -197,9 +197,9 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 	return res
 }
 
-// connectMany connects (and begins, with begin) n sessions simSession(i),
-// conc at a time, and returns them with each one's connect(+begin) time.
-func connectMany(ctx context.Context, url string, n, conc int, tokens map[string]string, begin bool) ([]*lightSession, *Latency, error) {
+// connectMany starts n sessions simSession(i) as far as mode says, conc
+// at a time, and returns them with each one's start time.
+func connectMany(ctx context.Context, url string, n, conc int, tokens map[string]string, mode lightMode) ([]*lightSession, *Latency, error) {
 	var (
 		out  = make([]*lightSession, n)
 		lat  Latency
@@ -218,7 +218,7 @@ func connectMany(ctx context.Context, url string, n, conc int, tokens map[string
 					return
 				}
 				t0 := time.Now()
-				s, err := dialLightSession(ctx, hostPort(url), simUser(i), tokens[simUser(i)], "s", begin)
+				s, err := dialLightSession(ctx, hostPort(url), simUser(i), tokens[simUser(i)], "s", mode)
 				if err != nil {
 					mu.Lock()
 					errs = append(errs, err)
@@ -264,6 +264,7 @@ func idleTable(rs []idleResult) string {
 
 // connectResult is the connect+begin rate of one run.
 type connectResult struct {
+	Target      string        `json:"target"`
 	Devices     int           `json:"devices"`
 	Concurrency int           `json:"concurrency"`
 	Elapsed     time.Duration `json:"elapsed_ns"`
@@ -281,9 +282,17 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.SetOutput(stderr)
 	n := fs.Int("devices", 2000, "devices connecting and beginning")
 	concs := fs.String("concurrency", "16,64,256", "comma-separated numbers of devices connecting at once (one run each)")
+	targetList := fs.String("targets", "tether,mosquitto,mochi", "brokers to measure, in turn at each concurrency (mosquitto and mochi: CONNECT and SUBSCRIBE, no begin)")
 	bf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var targets []string
+	for _, t := range strings.Split(*targetList, ",") {
+		if _, ok := connectTargets[t]; !ok {
+			return usagef("bench connect: unknown target %q (want tether, mosquitto or mochi)", t)
+		}
+		targets = append(targets, t)
 	}
 	if *n < 1 || *n > maxSessionsPerProcess {
 		return usagef("bench connect: --devices must be 1..%d", maxSessionsPerProcess)
@@ -303,29 +312,27 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	var results []connectResult
 	for _, c := range cs {
-		fmt.Fprintf(stderr, "bench connect: %d devices, %d at once ...\n", *n, c)
-		r := runConnect(ctx, bf, bin, dir, *n, c)
-		if r.Error != "" {
-			fmt.Fprintf(stderr, "bench connect: %s\n", r.Error)
+		for _, t := range targets {
+			fmt.Fprintf(stderr, "bench connect: %s: %d devices, %d at once ...\n", t, *n, c)
+			r := runConnect(ctx, bf, bin, dir, t, *n, c)
+			if r.Error != "" {
+				fmt.Fprintf(stderr, "bench connect: %s: %s\n", t, r.Error)
+			}
+			results = append(results, r)
 		}
-		results = append(results, r)
 	}
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "devices\tat once\tseconds\tsessions/s\tp50 ms\tp99 ms\tbroker CPU ms/session\t")
-	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", thousands(int64(r.Devices)), r.Concurrency, formatFloat(r.Elapsed.Seconds(), 2),
-			thousands(int64(r.Rate)), ms(r.Latency.P50), ms(r.Latency.P99), ms(r.BrokerCPU))
-	}
-	tw.Flush()
-	if err := bf.publish(stdout, "connect", b.String(), results, func() string {
+	b := connectTable(results)
+	if err := bf.publish(stdout, "connect", b, results, func() string {
 		return fmt.Sprintf("## Connect + begin rate\n\nMeasured %s on %s by `%s`.\n\n```\n%s```\n\n"+
 			"Each device is a separate MQTT connection of its own user (token minted beforehand) to the broker binary in its own"+
 			" process: CONNECT with the SDK's will, SUBSCRIBE to res/tick/notify, publish begin and wait for its reply (the begin"+
 			" is committed, fsynced, before the reply). The devices are a minimal MQTT 3.1.1 client on mochi's packet codec that"+
 			" sends the three packets at once, so that device-sim costs little next to the broker; both run on the same 2 cores."+
-			" The rate is devices / wall time from the first CONNECT to the last begin reply; p50/p99 are per device; broker CPU"+
-			" is the broker process's user+system time (/proc/PID/stat) over the run, per session.\n", today(), machine(), commandLine(), b.String())
+			" mosquitto (Debian's, no persistence) and mochi (bare, default capabilities) get the same CONNECT and SUBSCRIBE from"+
+			" the same client and no begin, which they do not have: the rate of a plain broker's connect and subscribe, in turn"+
+			" with Tether's runs. The rate is devices / wall time from the first CONNECT to the last begin reply (SUBACK);"+
+			" p50/p99 are per device; broker CPU is the broker process's user+system time (/proc/PID/stat) over the run, per"+
+			" session.\n", today(), machine(), commandLine(), b)
 	}); err != nil {
 		return err
 	}
@@ -337,13 +344,60 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
-func runConnect(ctx context.Context, bf benchFlags, bin, root string, n, conc int) (res connectResult) {
-	res = connectResult{Devices: n, Concurrency: conc}
+// connectTargets are the brokers `bench connect` knows and what each
+// device does there.
+var connectTargets = map[string]lightMode{"tether": lightBegin, "mosquitto": lightSubscribe, "mochi": lightSubscribe}
+
+// connectTable renders the results, with Tether's rate over each plain
+// broker's at the same concurrency.
+func connectTable(results []connectResult) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "target\tdevices\tat once\tseconds\tsessions/s\tp50 ms\tp99 ms\tbroker CPU ms/session\t")
+	tether := map[int]float64{}
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, thousands(int64(r.Devices)), r.Concurrency, formatFloat(r.Elapsed.Seconds(), 2),
+			thousands(int64(r.Rate)), ms(r.Latency.P50), ms(r.Latency.P99), ms(r.BrokerCPU))
+		if r.Target == "tether" && r.Error == "" {
+			tether[r.Concurrency] = r.Rate
+		}
+	}
+	tw.Flush()
+	var ratios []string
+	for _, r := range results {
+		if t, ok := tether[r.Concurrency]; ok && r.Target != "tether" && r.Error == "" && r.Rate > 0 {
+			ratios = append(ratios, fmt.Sprintf("Tether connect+begin / %s connect+subscribe, %d at once: %.2fx", r.Target, r.Concurrency, t/r.Rate))
+		}
+	}
+	if len(ratios) > 0 {
+		b.WriteString("\n" + strings.Join(ratios, "\n") + "\n")
+	}
+	return b.String()
+}
+
+func runConnect(ctx context.Context, bf benchFlags, bin, root, target string, n, conc int) (res connectResult) {
+	res = connectResult{Target: target, Devices: n, Concurrency: conc}
 	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
 	defer cancel()
-	proc, addr, tokens, err := startFleetBroker(ctx, root, "connect-", n, func(ctx context.Context, dir string) (*child, string, error) {
-		return startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
-	})
+	var (
+		proc   *child
+		addr   string
+		tokens map[string]string
+		err    error
+	)
+	switch target {
+	case "tether":
+		proc, addr, tokens, err = startFleetBroker(ctx, root, "connect-", n, func(ctx context.Context, dir string) (*child, string, error) {
+			return startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+		})
+	case "mosquitto":
+		var dir string
+		if dir, err = os.MkdirTemp(root, "connect-mosquitto-"); err == nil {
+			proc, addr, err = startMosquitto(ctx, dir)
+		}
+	case "mochi":
+		proc, addr, err = startMochiProcess(ctx)
+	}
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -351,7 +405,7 @@ func runConnect(ctx context.Context, bf benchFlags, bin, root string, n, conc in
 	defer func() { _ = proc.stop(10 * time.Second) }()
 	cpu0, _ := cpuTime(proc.Pid())
 	t0 := time.Now()
-	sessions, lat, err := connectMany(ctx, "tcp://"+addr, n, conc, tokens, true)
+	sessions, lat, err := connectMany(ctx, "tcp://"+addr, n, conc, tokens, connectTargets[target])
 	res.Elapsed = time.Since(t0)
 	if cpu1, cerr := cpuTime(proc.Pid()); cerr == nil && len(sessions) > 0 {
 		res.BrokerCPU = (cpu1 - cpu0) / time.Duration(len(sessions))

@@ -34,10 +34,18 @@ type lightSession struct {
 	requests uint64 // requests sent, for their ids
 }
 
+// lightMode is how far a light session goes in starting.
+type lightMode int
+
+const (
+	lightConnect   lightMode = iota // a plain CONNECT, no will (any MQTT broker)
+	lightSubscribe                  // CONNECT with the SDK's will and SUBSCRIBE to res/tick/notify (any MQTT broker)
+	lightBegin                      // and begin, waiting for its reply (Tether)
+)
+
 // dialLightSession connects as user to session at addr (host:port) and
-// begins it; with begin false it only connects (no Tether topics), as for
-// mosquitto and mochi.
-func dialLightSession(ctx context.Context, addr, user, token, session string, begin bool) (*lightSession, error) {
+// starts it as far as mode says.
+func dialLightSession(ctx context.Context, addr, user, token, session string, mode lightMode) (*lightSession, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -49,7 +57,7 @@ func dialLightSession(ctx context.Context, addr, user, token, session string, be
 		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	}
 	s := &lightSession{conn: conn}
-	if err := s.start(user, token, session, begin); err != nil {
+	if err := s.start(user, token, session, mode); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -57,7 +65,7 @@ func dialLightSession(ctx context.Context, addr, user, token, session string, be
 	return s, nil
 }
 
-func (s *lightSession) start(user, token, session string, begin bool) error {
+func (s *lightSession) start(user, token, session string, mode lightMode) error {
 	connID := randomID()
 	s.connID = connID
 	s.req, s.res = wire.SessionTopic(user, session, wire.LeafReq), wire.SessionTopic(user, session, wire.LeafRes)
@@ -66,7 +74,7 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 			ProtocolName: []byte("MQTT"), ClientIdentifier: "sim-" + user + "-" + connID, Clean: true,
 			Keepalive: 300, UsernameFlag: user != "", Username: []byte(user), PasswordFlag: token != "", Password: []byte(token),
 		}}
-	if begin {
+	if mode >= lightSubscribe {
 		will, _ := json.Marshal(map[string]string{"state": "offline", "conn": connID})
 		c.Connect.WillFlag, c.Connect.WillQos = true, 1
 		c.Connect.WillTopic, c.Connect.WillPayload = wire.SessionTopic(user, session, wire.LeafPresence), will
@@ -75,7 +83,7 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 	if err := c.ConnectEncode(&buf); err != nil {
 		return err
 	}
-	if begin {
+	if mode >= lightSubscribe {
 		sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
 			Filters: packets.Subscriptions{
 				{Filter: wire.SessionTopic(user, session, wire.LeafRes), Qos: 1},
@@ -85,6 +93,8 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 		if err := sub.SubscribeEncode(&buf); err != nil {
 			return err
 		}
+	}
+	if mode == lightBegin {
 		req, _ := json.Marshal(wire.Request{ID: json.RawMessage(`"` + connID + `.1"`), Op: wire.OpBegin})
 		pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4, PacketID: 2,
 			TopicName: wire.SessionTopic(user, session, wire.LeafReq), Payload: req}
@@ -107,7 +117,7 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 			if pk.ReasonCode != 0 {
 				return fmt.Errorf("connect %s: refused with code %d", user, pk.ReasonCode)
 			}
-			if !begin {
+			if mode == lightConnect {
 				return nil
 			}
 		case packets.Suback:
@@ -115,6 +125,9 @@ func (s *lightSession) start(user, token, session string, begin bool) error {
 				if code >= 0x80 {
 					return fmt.Errorf("subscribe %s: refused", user)
 				}
+			}
+			if mode == lightSubscribe {
+				return nil
 			}
 		case packets.Publish:
 			r, ok, err := s.reply(pk)

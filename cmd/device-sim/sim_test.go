@@ -145,27 +145,35 @@ func TestUpdateDoc(t *testing.T) {
 }
 
 // TestBenchConnect runs the connect+begin benchmark small against the real
-// broker binary: every device begins, and the rate, latency and broker CPU
-// it reports are measured values, not zeros.
+// broker binary and bare mochi: every device begins (subscribes, on mochi),
+// and the rates, latencies, broker CPU and ratio it reports are measured
+// values, not zeros.
 func TestBenchConnect(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "connect.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout strings.Builder
-	err := benchConnectCmd(ctx, []string{"--devices", "40", "--concurrency", "8", "--json", out}, &stdout, io.Discard)
+	err := benchConnectCmd(ctx, []string{"--devices", "40", "--concurrency", "8", "--targets", "tether,mochi", "--json", out}, &stdout, io.Discard)
 	require.NoError(t, err)
 	var results []connectResult
 	b, err := os.ReadFile(out)
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(b, &results))
-	require.Len(t, results, 1)
-	r := results[0]
-	require.Empty(t, r.Error)
-	require.Equal(t, int64(40), r.Latency.Count, "every device began")
-	require.Positive(t, r.Rate)
-	require.Positive(t, r.Latency.P50)
-	require.Positive(t, r.BrokerCPU, "the broker spent CPU on the sessions")
+	require.Len(t, results, 2)
+	for i, target := range []string{"tether", "mochi"} {
+		r := results[i]
+		require.Equal(t, target, r.Target)
+		require.Empty(t, r.Error, target)
+		require.Equal(t, int64(40), r.Latency.Count, "%s: every device started", target)
+		require.Positive(t, r.Rate, target)
+		require.Positive(t, r.Latency.P50, target)
+		require.Positive(t, r.BrokerCPU, "%s: the broker spent CPU on the sessions", target)
+	}
 	require.Contains(t, stdout.String(), "broker CPU ms/session")
+	require.Contains(t, stdout.String(), fmt.Sprintf("Tether connect+begin / mochi connect+subscribe, 8 at once: %.2fx", results[0].Rate/results[1].Rate))
+
+	err = benchConnectCmd(ctx, []string{"--targets", "tether,emqx"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, `unknown target "emqx"`)
 }
 
 // TestBenchCalls runs the calls benchmark small against a real broker
