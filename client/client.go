@@ -288,7 +288,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
 		SetOrderMatters(true). // our handler never blocks, and notifications must stay in order
 		SetWill(c.topics.presence, string(will), 1, false).
-		SetDefaultPublishHandler(func(paho.Client, paho.Message) {}).
+		SetDefaultPublishHandler(c.onMessage). // every topic: see onConnect
 		SetOnConnectHandler(c.onConnect).
 		SetConnectionLostHandler(func(paho.Client, error) { c.notReady() }).
 		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { c.notReady() })
@@ -361,7 +361,10 @@ func (c *Client) readyChan() chan struct{} {
 // onConnect runs after every (re)connect: a clean session has no
 // subscriptions, so subscribe again, then resend what is safe to resend.
 func (c *Client) onConnect(m paho.Client) {
-	tok := m.SubscribeMultiple(c.topics.subs, c.onMessage)
+	// No handler per topic: paho would match every message against each
+	// subscription's filter, part by part; the default handler, onMessage,
+	// tells the session's topics apart by name.
+	tok := m.SubscribeMultiple(c.topics.subs, nil)
 	if !tok.WaitTimeout(c.cfg.RequestTimeout) || tok.Error() != nil {
 		c.log.Warn("subscribe failed", "error", tok.Error())
 		return
