@@ -571,16 +571,24 @@ func (c *Client) acker() {
 				break // the next begin sends everything unacked anyway
 			}
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RequestTimeout)
-			err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &want, Resend: resend}, true, nil)
+			err := c.sendAck(ctx, nonce, want, resend)
 			cancel()
 			if err != nil {
 				c.log.Warn("ack failed; the next begin redelivers", "upto", want, "error", err)
 				break
 			}
-			raise(&c.ackSent, want)
 			raise(&c.resent, gaps)
 		}
 	}
+}
+
+// sendAck acknowledges up to upto under nonce and records it as sent.
+func (c *Client) sendAck(ctx context.Context, nonce string, upto uint64, resend bool) error {
+	if err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &upto, Resend: resend}, true, nil); err != nil {
+		return err
+	}
+	raise(&c.ackSent, upto)
+	return nil
 }
 
 // ackWait holds the next ack back for up to AckDelay while holdAck says
@@ -816,10 +824,9 @@ func (c *Client) End(ctx context.Context) error {
 	// What was handled is acknowledged first, not left to a held ack: the
 	// next instance would get it again.
 	if want := c.ackWant.Load(); want > c.ackSent.Load() && c.gaps.Load() <= c.resent.Load() {
-		if err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &want}, true, nil); err != nil {
+		if err := c.sendAck(ctx, nonce, want, false); err != nil {
 			return err
 		}
-		raise(&c.ackSent, want)
 	}
 	err := c.request(ctx, wire.Request{Op: wire.OpEnd, Nonce: nonce}, true, nil)
 	if err == nil {

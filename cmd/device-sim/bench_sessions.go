@@ -141,33 +141,19 @@ func runIdle(ctx context.Context, bf benchFlags, target string, n, conc int, set
 	res = idleResult{Target: target, Sessions: n}
 	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
 	defer cancel()
-	dir, err := os.MkdirTemp(root, target+"-")
-	if err != nil {
-		res.Error = err.Error()
-		return res
-	}
 	var (
-		proc   *child
-		addr   string
-		tokens map[string]string
-		mode   = lightConnect
+		bin  string
+		mode = lightConnect
+		err  error
 	)
-	switch target {
-	case "tether":
-		if tokens, err = mintSimTokens(dir, n); err != nil {
-			break
-		}
-		var bin string
-		if bin, err = brokerBinary(ctx, bf.brokerBin, root); err != nil {
-			break
-		}
-		proc, addr, err = startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+	if target == "tether" {
 		mode = lightBegin
-	case "mosquitto":
-		proc, addr, err = startMosquitto(ctx, dir)
-	case "mochi":
-		proc, addr, err = startMochiProcess(ctx)
+		if bin, err = brokerBinary(ctx, bf.brokerBin, root); err != nil {
+			res.Error = err.Error()
+			return res
+		}
 	}
+	proc, addr, tokens, err := startSessionBroker(ctx, root, target, bin, n)
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -344,6 +330,30 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
+// startSessionBroker starts target for n light sessions, its data in a
+// new directory under root: Tether (the binary bin) holding a device token
+// for each simulated user, returned by user; mosquitto or bare mochi, no
+// tokens.
+func startSessionBroker(ctx context.Context, root, target, bin string, n int) (*child, string, map[string]string, error) {
+	switch target {
+	case "tether":
+		return startFleetBroker(ctx, root, "tether-", n, func(ctx context.Context, dir string) (*child, string, error) {
+			return startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
+		})
+	case "mosquitto":
+		dir, err := os.MkdirTemp(root, "mosquitto-")
+		if err != nil {
+			return nil, "", nil, err
+		}
+		proc, addr, err := startMosquitto(ctx, dir)
+		return proc, addr, nil, err
+	case "mochi":
+		proc, addr, err := startMochiProcess(ctx)
+		return proc, addr, nil, err
+	}
+	return nil, "", nil, fmt.Errorf("unknown target %q", target)
+}
+
 // connectTargets are the brokers `bench connect` knows and what each
 // device does there.
 var connectTargets = map[string]lightMode{"tether": lightBegin, "mosquitto": lightSubscribe, "mochi": lightSubscribe}
@@ -379,25 +389,7 @@ func runConnect(ctx context.Context, bf benchFlags, bin, root, target string, n,
 	res = connectResult{Target: target, Devices: n, Concurrency: conc}
 	ctx, cancel := context.WithTimeout(ctx, bf.timeout)
 	defer cancel()
-	var (
-		proc   *child
-		addr   string
-		tokens map[string]string
-		err    error
-	)
-	switch target {
-	case "tether":
-		proc, addr, tokens, err = startFleetBroker(ctx, root, "connect-", n, func(ctx context.Context, dir string) (*child, string, error) {
-			return startBrokerBinary(ctx, bin, dir, "--max-clients", strconv.Itoa(n+100))
-		})
-	case "mosquitto":
-		var dir string
-		if dir, err = os.MkdirTemp(root, "connect-mosquitto-"); err == nil {
-			proc, addr, err = startMosquitto(ctx, dir)
-		}
-	case "mochi":
-		proc, addr, err = startMochiProcess(ctx)
-	}
+	proc, addr, tokens, err := startSessionBroker(ctx, root, target, bin, n)
 	if err != nil {
 		res.Error = err.Error()
 		return res
