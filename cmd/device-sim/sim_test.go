@@ -176,6 +176,32 @@ func TestBenchConnect(t *testing.T) {
 	require.ErrorContains(t, err, `unknown target "emqx"`)
 }
 
+// TestBenchIdle measures a few idle sessions on the real broker binary
+// and on bare mochi: every session connects, and the RSS readings are
+// the processes' own, not zeros.
+func TestBenchIdle(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "idle.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout strings.Builder
+	err := benchIdleCmd(ctx, []string{"--sessions", "50", "--targets", "tether,mochi", "--settle", "200ms", "--json", out}, &stdout, io.Discard)
+	require.NoError(t, err)
+	var results []idleResult
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &results))
+	require.Len(t, results, 2)
+	for i, target := range []string{"tether", "mochi"} {
+		r := results[i]
+		require.Equal(t, target, r.Target)
+		require.Empty(t, r.Error, target)
+		require.Equal(t, 50, r.Sessions, target)
+		require.Positive(t, r.BaseKB, "%s: RSS read after start-up", target)
+		require.Greater(t, r.AfterKB, r.BaseKB, "%s: fifty more sessions take memory", target)
+	}
+	require.Contains(t, stdout.String(), "KiB/session")
+}
+
 // TestBenchCalls runs the calls benchmark small against a real broker
 // process: every call is answered with the count it should have (the
 // benchmark checks exactly-once), and rates and latencies are measured.
