@@ -79,7 +79,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 	}()
 
 	pcfg := persistence.DefaultConfig()
-	pcfg.Dir, pcfg.GCInterval, pcfg.Logger = cfg.DataDir, cfg.GCInterval, log
+	pcfg.Dir, pcfg.GCInterval, pcfg.SyncDelay, pcfg.Logger = cfg.DataDir, cfg.GCInterval, cfg.SyncDelay, log
 	if b.store, err = persistence.Open(pcfg); err != nil {
 		return nil, err
 	}

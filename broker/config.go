@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/f47fa0da/tether/nonce"
+	"github.com/f47fa0da/tether/persistence"
 	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/snapshot"
@@ -46,6 +47,7 @@ type Config struct {
 
 	ShutdownTimeout time.Duration // how long Close waits for in-flight work
 	GCInterval      time.Duration // Badger value-log GC period
+	SyncDelay       time.Duration // least time between sync rounds' starts (persistence.Config.SyncDelay); 0 = none
 
 	RepliesKept uint64        // exactly-once replies kept per session (retries within this many calls get the stored reply)
 	CallTimeout time.Duration // context deadline given to call handlers
@@ -177,6 +179,8 @@ func (c Config) Validate() error {
 		return configErrorf("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
 	case c.GCInterval <= 0:
 		return configErrorf("GCInterval", "must be positive, got %s", c.GCInterval)
+	case c.SyncDelay < 0 || c.SyncDelay > persistence.MaxSyncDelay:
+		return configErrorf("SyncDelay", "must be 0 up to %s, got %s", persistence.MaxSyncDelay, c.SyncDelay)
 	}
 	if err := c.QueueLimits.Validate(); err != nil {
 		return configErrorf(limitsField(c.QueueLimits), "%s", strings.TrimPrefix(err.Error(), queues.ErrInvalid.Error()+": "))

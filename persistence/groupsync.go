@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // groupSync makes commits durable in groups: Badger runs with SyncWrites off,
@@ -23,6 +24,9 @@ import (
 // so readers wait too: a read that may have seen an unsynced commit waits for
 // a round that started after its snapshot. Nothing leaves the store — as a
 // reply, a delivery or a decision — before it is on disk.
+//
+// With a delay, a round starts no sooner than delay after the previous one
+// started: fewer, fuller rounds when commits arrive faster than that.
 //
 // Rounds are numbered from 1; started and done count them, and at most one
 // runs at a time. A failed sync is sticky: after it nothing is known to be
@@ -39,6 +43,9 @@ type groupSync struct {
 	needed   uint64 // the round every finished commit so far waits for
 	err      error
 	commits  uint64 // commits that wrote something
+
+	delay     time.Duration // least time between round starts (Config.SyncDelay)
+	lastStart time.Time     // when the latest round started, if delay > 0
 }
 
 func newGroupSync(sync func() error) *groupSync {
@@ -92,6 +99,16 @@ func (g *groupSync) wait(ticket uint64) error {
 			continue
 		}
 		g.running = true
+		if g.delay > 0 {
+			// Commits arriving meanwhile ride this round (their
+			// tickets are started+1 until it starts).
+			if wait := g.delay - time.Since(g.lastStart); wait > 0 {
+				g.mu.Unlock()
+				time.Sleep(wait)
+				g.mu.Lock()
+			}
+			g.lastStart = time.Now()
+		}
 		if g.inflight > 0 {
 			// Commits are being written: let them finish and ride this
 			// round rather than pay for the next fsync themselves.

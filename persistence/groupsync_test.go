@@ -16,8 +16,13 @@ import (
 
 func openDurable(t *testing.T, dir string) *Store {
 	t.Helper()
+	return openDurableWith(t, dir, 0)
+}
+
+func openDurableWith(t *testing.T, dir string, syncDelay time.Duration) *Store {
+	t.Helper()
 	cfg := DefaultConfig()
-	cfg.Dir = dir
+	cfg.Dir, cfg.SyncDelay = dir, syncDelay
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	s, err := Open(cfg)
 	require.NoError(t, err)
@@ -68,6 +73,37 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	require.NoError(t, s.Update(func(tx Txn) error { _, err := tx.Get([]byte("w00/000")); return err }))
 	again, _ := s.Stats()
 	require.Equal(t, commits, again)
+}
+
+// TestSyncDelaySpacesRounds: with a sync delay, rounds start at least that
+// far apart, and commits that arrive while the next round waits share it.
+func TestSyncDelaySpacesRounds(t *testing.T) {
+	const delay = 10 * time.Millisecond
+	s := openDurableWith(t, t.TempDir(), delay)
+	start := time.Now()
+	for i := range 5 {
+		require.NoError(t, s.Update(func(tx Txn) error { return tx.Set(fmt.Appendf(nil, "k%d", i), []byte("v")) }))
+	}
+	// Round 1 ran at open, just before start; the five that followed
+	// started delay apart, the first of them delay after round 1.
+	require.GreaterOrEqual(t, time.Since(start), 4*delay)
+	commits, syncs := s.Stats()
+	require.Equal(t, []uint64{5, 6}, []uint64{commits, syncs}, "one round each, after the one at open")
+
+	// Twenty writers at once: the round after the last one waits out the
+	// delay, and everything written meanwhile rides it.
+	var wg sync.WaitGroup
+	for w := range 20 {
+		wg.Go(func() {
+			if err := s.Update(func(tx Txn) error { return tx.Set(fmt.Appendf(nil, "w%d", w), []byte("v")) }); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	commits, again := s.Stats()
+	require.Equal(t, uint64(25), commits)
+	require.LessOrEqual(t, again-syncs, uint64(3), "twenty commits in a few delays' worth of rounds")
 }
 
 // writeHeldUnsynced commits k=v1 and holds the sync round that covers it

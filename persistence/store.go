@@ -47,9 +47,20 @@ type Config struct {
 	GCDiscardRatio float64
 	// MemTableSize bounds each in-memory table in bytes.
 	MemTableSize int64
+	// SyncDelay is the least time from the start of one sync round to the
+	// start of the next (0: a round starts as soon as one is needed and the
+	// previous one is done). A delay makes a broker whose cores are busy pay
+	// for fewer fsyncs, each covering more commits, at the cost of up to
+	// SyncDelay more latency per commit: clients that wait for each reply
+	// before their next request lose throughput (docs/benchmarks.md).
+	SyncDelay time.Duration
 	// Logger receives Badger's warnings and errors.
 	Logger *slog.Logger
 }
+
+// MaxSyncDelay bounds Config.SyncDelay: beyond it a commit's wait for its
+// round is dominated by the delay, whatever the disk.
+const MaxSyncDelay = 10 * time.Millisecond
 
 // DefaultConfig returns the settings used by `broker serve`.
 func DefaultConfig() Config {
@@ -73,6 +84,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("persistence: gc discard ratio must be in (0,1), got %g", c.GCDiscardRatio)
 	case c.MemTableSize < 1<<20:
 		return fmt.Errorf("persistence: memtable size must be at least 1 MiB, got %d", c.MemTableSize)
+	case c.SyncDelay < 0 || c.SyncDelay > MaxSyncDelay:
+		return fmt.Errorf("persistence: sync delay must be 0 up to %s, got %s", MaxSyncDelay, c.SyncDelay)
 	}
 	return nil
 }
@@ -123,6 +136,7 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.SyncWrites {
 		s.logs = &logFiles{dir: cfg.Dir}
 		s.durable = newGroupSync(s.logs.sync)
+		s.durable.delay = cfg.SyncDelay
 		// What an earlier process wrote may not be on disk yet (a kill -9
 		// leaves it in the page cache): round 1 syncs it before anything
 		// is read.

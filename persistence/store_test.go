@@ -404,6 +404,8 @@ func TestConfigValidate(t *testing.T) {
 		{"discard ratio NaN", func(c *persistence.Config) { c.GCDiscardRatio = math.NaN() }, "gc discard ratio"},
 		{"memtable too small", func(c *persistence.Config) { c.MemTableSize = 1<<20 - 1 }, "memtable size"},
 		{"memtable zero", func(c *persistence.Config) { c.MemTableSize = 0 }, "memtable size"},
+		{"negative sync delay", func(c *persistence.Config) { c.SyncDelay = -1 }, "sync delay"},
+		{"sync delay too long", func(c *persistence.Config) { c.SyncDelay = persistence.MaxSyncDelay + 1 }, "sync delay"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -420,6 +422,7 @@ func TestConfigValidate(t *testing.T) {
 		cfg.GCInterval = 1
 		cfg.GCDiscardRatio = 0.01
 		cfg.MemTableSize = 1 << 20
+		cfg.SyncDelay = persistence.MaxSyncDelay
 		require.NoError(t, cfg.Validate())
 	})
 }

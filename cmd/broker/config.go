@@ -57,6 +57,7 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&b.SessionExpiry, "session-expiry", b.SessionExpiry, "longest a disconnected clean=false MQTT session is kept")
 	fs.DurationVar(&b.ShutdownTimeout, "shutdown-timeout", b.ShutdownTimeout, "how long shutdown waits for in-flight work")
 	fs.DurationVar(&b.GCInterval, "gc-interval", b.GCInterval, "Badger value-log GC period")
+	fs.DurationVar(&b.SyncDelay, "sync-delay", b.SyncDelay, "least time between the starts of two fsync rounds (0 up to 10ms): fewer fsyncs on a saturated broker, more latency per commit")
 	fs.DurationVar(&b.Sessions.TickInterval, "tick-interval", b.Sessions.TickInterval, "how often active sessions get a tick")
 	fs.DurationVar(&b.Sessions.SweepInterval, "sweep-interval", b.Sessions.SweepInterval, "how often silent sessions are detached and idle ones leave memory")
 	fs.DurationVar(&b.Sessions.DefaultPolicy.Liveness, "liveness", b.Sessions.DefaultPolicy.Liveness, "how long an active session may stay silent before the sweep detaches it")
@@ -150,7 +151,7 @@ var flagOf = map[string]string{
 	"AdminAddr": "admin-addr", "WSOrigins": "ws-origins", "TLSCertFile": "tls-cert", "TLSKeyFile": "tls-key",
 	"MaxClients": "max-clients", "MaxPacketSize": "max-packet-size", "MaxWritesPending": "max-writes-pending",
 	"ReadBufferSize": "read-buffer", "WriteBufferSize": "write-buffer", "SessionExpiry": "session-expiry",
-	"ShutdownTimeout": "shutdown-timeout", "GCInterval": "gc-interval",
+	"ShutdownTimeout": "shutdown-timeout", "GCInterval": "gc-interval", "SyncDelay": "sync-delay",
 	"Sessions.TickInterval": "tick-interval", "Sessions.SweepInterval": "sweep-interval",
 	"Sessions.DefaultPolicy.Liveness": "liveness", "Sessions.Rules": "policies",
 	"Sessions.Retention.MaxEvents": "journal-max-events", "Sessions.Retention.MaxAge": "journal-max-age",

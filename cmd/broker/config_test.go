@@ -226,6 +226,8 @@ func TestServeConfigBadValues(t *testing.T) {
 		{"zero delivery window", []string{"--delivery-window", "0"}, nil, "", []string{"delivery-window", "1..1000"}, false},
 		{"delivery window over writes", []string{"--delivery-window", "100"}, nil, "", []string{"max-writes-pending", "twice the delivery window"}, false},
 		{"zero gc interval", []string{"--gc-interval", "0s"}, nil, "", []string{"gc-interval", "positive"}, false},
+		{"long sync delay", []string{"--sync-delay", "50ms"}, nil, "", []string{"sync-delay", "0 up to 10ms", "50ms"}, false},
+		{"yaml negative sync delay", nil, nil, "sync_delay: -1ms\n", []string{"sync-delay", "0 up to 10ms"}, false},
 		{"tiny write buffer", []string{"--write-buffer", "16"}, nil, "", []string{"write-buffer", "256"}, false},
 	}
 	for _, tt := range tests {
