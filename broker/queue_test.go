@@ -566,3 +566,23 @@ func TestDeliveryWaitsForSubscription(t *testing.T) {
 	}
 	notes.None(t, 300*time.Millisecond)
 }
+
+// TestSyncDelayReachesTheStore: with Config.SyncDelay, acknowledged
+// notifies still wait for their sync round, and rounds start that far
+// apart: three notifies one after another take two delays at least.
+func TestSyncDelayReachesTheStore(t *testing.T) {
+	const delay = 10 * time.Millisecond
+	cfg := brokertest.Config(t)
+	cfg.SyncDelay = delay
+	b := brokertest.Start(t, cfg)
+	start := time.Now()
+	for i := range 3 {
+		seq, err := b.Notify("alice", "kitchen", i)
+		require.NoError(t, err)
+		require.Equal(t, uint64(i+1), seq)
+	}
+	require.GreaterOrEqual(t, time.Since(start), 2*delay)
+	entries, err := b.Outq("alice", "kitchen", 10)
+	require.NoError(t, err)
+	require.Len(t, entries, 3)
+}
