@@ -185,12 +185,11 @@ type logFiles struct {
 // the threshold go there), a margin that costs only a rare extra fsync.
 const valueLogMin = valueThreshold / 2
 
-// noteValue records that a value of n bytes is about to be committed.
-func (l *logFiles) noteValue(n int) {
-	if n >= valueLogMin {
-		l.valueLogged.Store(true)
-	}
-}
+// noteValueLogged records that a commit may have written to the value log.
+// It is called after Badger has written the commit and before the commit
+// takes its round's ticket: a round that consumed the mark earlier started
+// after the write, so its fsync covers the value as well.
+func (l *logFiles) noteValueLogged() { l.valueLogged.Store(true) }
 
 // gcStart and gcDone bracket a run of Badger's value-log GC.
 func (l *logFiles) gcStart() { l.gcRunning.Add(1) }

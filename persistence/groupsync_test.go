@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -277,8 +278,8 @@ func TestLogFilesSyncsValueLogsOnlyWhenWritten(t *testing.T) {
 		want   []string
 	}{
 		{"first round: every log", func() {}, []string{"000001.vlog", "00001.mem"}},
-		{"small values: memtable log only", func() { l.noteValue(valueLogMin - 1) }, []string{"00001.mem"}},
-		{"large value: value log too", func() { l.noteValue(valueLogMin) }, []string{"000001.vlog", "00001.mem"}},
+		{"nothing noted: memtable log only", func() {}, []string{"00001.mem"}},
+		{"large value: value log too", l.noteValueLogged, []string{"000001.vlog", "00001.mem"}},
 		{"noted once, synced once", func() {}, []string{"00001.mem"}},
 		{"new value log", func() { touch("000002.vlog") }, []string{"000001.vlog", "000002.vlog", "00001.mem"}},
 		{"gc running", l.gcStart, []string{"000002.vlog", "00001.mem"}},
@@ -292,8 +293,11 @@ func TestLogFilesSyncsValueLogsOnlyWhenWritten(t *testing.T) {
 	}
 }
 
-// TestStoreNotesLargeValues checks that a commit of a value that may go to
-// the value log makes the next round sync it, and a small one does not.
+// TestStoreNotesLargeValues checks that the round a commit waits for syncs
+// the value log when the commit set a value that may go there, and only
+// then; and that it does so when another round ran between the value's Set
+// and Badger's write of it (the mark, set too early, was consumed by a
+// round that could not cover the write).
 func TestStoreNotesLargeValues(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Dir = t.TempDir()
@@ -301,18 +305,40 @@ func TestStoreNotesLargeValues(t *testing.T) {
 	s, err := Open(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
-	for _, tt := range []struct {
-		size int
-		want bool
-	}{{100, false}, {valueThreshold, true}} {
-		require.NoError(t, s.Update(func(tx Txn) error {
-			require.False(t, s.logs.valueLogged.Load())
-			require.NoError(t, tx.Set([]byte("k"), make([]byte, tt.size)))
-			require.Equal(t, tt.want, s.logs.valueLogged.Load(), "size %d", tt.size)
-			return nil
-		}))
-		require.False(t, s.logs.valueLogged.Load(), "the round after the commit clears it")
+	var mu sync.Mutex
+	var synced []string
+	s.logs.synced = func(n string) {
+		mu.Lock()
+		synced = append(synced, n)
+		mu.Unlock()
 	}
+	// commit sets a value of size under key k, runs between after the Set
+	// (in its own commit and round), and reports whether the value log was
+	// synced by the round the commit waits for.
+	commit := func(size int, between func()) bool {
+		d, err := s.Commit(func(tx Txn) error {
+			require.NoError(t, tx.Set([]byte("k"), make([]byte, size)))
+			between()
+			return nil
+		})
+		require.NoError(t, err)
+		mu.Lock()
+		synced = nil
+		mu.Unlock()
+		require.NoError(t, d.Wait())
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(synced, func(n string) bool { return strings.HasSuffix(n, ".vlog") })
+	}
+	nothing := func() {}
+	otherRound := func() {
+		require.NoError(t, s.Update(func(tx Txn) error { return tx.Set([]byte("other"), []byte("x")) }))
+	}
+	require.True(t, commit(valueThreshold, nothing), "the first large value")
+	require.False(t, commit(100, nothing), "a small value leaves the value log alone")
+	require.True(t, commit(valueThreshold, nothing), "a large value")
+	require.True(t, commit(valueThreshold, otherRound), "a large value with a round between its Set and its write")
+	require.False(t, commit(100, otherRound), "a small value with a round between")
 }
 
 // TestDurableAcrossMemtableRotation writes far more than one memtable holds,

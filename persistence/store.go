@@ -233,7 +233,7 @@ func (s *Store) commit(fn func(Txn) error) (uint64, error) {
 func (s *Store) commitOnce(fn func(Txn) error) (uint64, error) {
 	t := s.db.NewTransaction(true)
 	defer t.Discard()
-	x := &txn{t: t, logs: s.logs}
+	x := &txn{t: t}
 	if s.durable == nil {
 		if err := fn(x); err != nil {
 			return 0, err
@@ -246,6 +246,9 @@ func (s *Store) commitOnce(fn func(Txn) error) (uint64, error) {
 	}
 	s.durable.commitStart()
 	err := t.Commit()
+	if x.large && err == nil {
+		s.logs.noteValueLogged()
+	}
 	return max(read, s.durable.commitDone(err == nil && x.wrote)), err
 }
 

@@ -28,13 +28,12 @@ type Txn interface {
 }
 
 // txn notes whether anything was written, so a read-only commit does not
-// wait for a sync round, and tells the sync rounds (logs, nil when
-// SyncWrites is off or in a read-only View) about values that may go to
-// the value log.
+// wait for a sync round, and whether a value may go to the value log, so
+// that the commit can tell the sync rounds once Badger has written it.
 type txn struct {
 	t     *badger.Txn
 	wrote bool
-	logs  *logFiles
+	large bool // a value of at least valueLogMin bytes was set
 }
 
 func (x *txn) Get(key []byte) ([]byte, error) {
@@ -50,9 +49,7 @@ func (x *txn) Get(key []byte) ([]byte, error) {
 
 func (x *txn) Set(key, value []byte) error {
 	x.wrote = true
-	if x.logs != nil {
-		x.logs.noteValue(len(value))
-	}
+	x.large = x.large || len(value) >= valueLogMin
 	return x.t.Set(key, value)
 }
 
