@@ -59,9 +59,12 @@ func (h *sessionHook) commitNotifies(run []pendingAck) {
 	j := run[0].notify
 	if !wire.ValidName(j.target) { // a pattern, or every session: a run of one
 		notified, durable, err := h.delivery.commitMatching(j.user, j.target, j.m)
-		run[0].durable, run[0].err, run[0].then = durable, err, func() {
-			for _, name := range notified {
-				h.delivery.kick(j.user, name)
+		run[0].durable, run[0].err = durable, err
+		if len(notified) > 0 { // also when refused partway: those before stay queued
+			run[0].then = func() {
+				for _, name := range notified {
+					h.delivery.kick(j.user, name)
+				}
 			}
 		}
 		h.logRefusal(run[0])
@@ -80,9 +83,12 @@ func (h *sessionHook) commitNotifies(run []pendingAck) {
 		}
 	}
 	for i := range run {
-		run[i].durable, run[i].err, run[i].then = durable, b.errs[i], offer
+		run[i].durable, run[i].err = durable, b.errs[i]
 		if err != nil {
 			run[i].err = err
+		}
+		if run[i].err == nil {
+			run[i].then = offer
 		}
 		h.logRefusal(run[i])
 	}

@@ -45,7 +45,7 @@ type pendingAck struct {
 	durable  persistence.Durable
 	err      error  // the refusal to report: a packets.Code as is, else mapped by reasonFor
 	unsynced bool   // durable's sync failed
-	then     func() // runs once durable, unless refused: start delivering
+	then     func() // runs once durable (set only where something was queued): start delivering
 }
 
 // publishRef is what an ack queue keeps of a publish: enough to
@@ -292,7 +292,7 @@ func (q *ackQueue) finish(run []pendingAck) {
 		conn.uncork()
 	}
 	for _, p := range run {
-		if p.err == nil && p.then != nil {
+		if !p.unsynced && p.then != nil {
 			p.then()
 		}
 	}

@@ -511,6 +511,33 @@ func TestNotifyPipelinedRefusalsInOrder(t *testing.T) {
 	require.Len(t, out, 2)
 }
 
+// TestPatternNotifyRefusedPartway: a notify to a name pattern that one
+// matching session refuses (reject policy, queue full) stays queued for the
+// sessions before it, and is delivered to their attached devices at once,
+// at QoS 1 (committed by the ack queue) as at QoS 2 (by mochi's handshake).
+func TestPatternNotifyRefusedPartway(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.QueueRules = []broker.QueueRule{{Pattern: "z-*", Limits: queues.Limits{MaxMessages: 1, MaxBytes: 1 << 20, Policy: queues.Reject}}}
+	b := brokertest.Start(t, cfg)
+	url := "tcp://" + b.Addrs().MQTT
+	_, err := b.Notify("bob", "z-full", "fill")
+	require.NoError(t, err)
+	d := device(t, url, "bob", brokertest.Token(t, b, "bob", auth.RoleDevice), "a-room")
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	app := notifier(t, url, brokertest.Token(t, b, "app", auth.RoleService))
+	for i, qos := range []byte{1, 2} {
+		payload := fmt.Sprintf(`{"data":"qos%d"}`, qos)
+		require.NoError(t, brokertest.Wait(app.Publish("tether/notify/bob/*", qos, false, payload)))
+		seqs, data := receive(t, d, 1)
+		require.Equal(t, []uint64{uint64(i + 1)}, seqs)
+		require.Equal(t, []string{fmt.Sprintf(`"qos%d"`, qos)}, data)
+	}
+	out, err := b.Outq("bob", "z-full", 0)
+	require.NoError(t, err)
+	require.Len(t, out, 1, "the full queue refused both")
+}
+
 // TestNotifyQoS2: an exactly-once notify is committed once, in order,
 // through mochi's PUBREC/PUBREL handshake.
 func TestNotifyQoS2(t *testing.T) {
