@@ -97,12 +97,13 @@ func Open(cfg Config) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.admin = &Admin{Tokens: b.tokens, Sessions: b.registry, store: b.store, QueueInfo: func(u, s string) (QueueInfo, error) { return b.delivery.info(u, s) }}
-	b.calls = &calls{registry: b.registry, limits: cfg.Sessions, log: log.With("component", "calls"), keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
+	b.delivery = &delivery{store: b.store, registry: b.registry, out: out, limits: cfg.QueueLimits, rules: cfg.QueueRules,
+		window: cfg.DeliveryWindow, metrics: newQueueMetrics(b.metrics.reg), cursor: map[string]*cursor{}, pumping: map[string]*pumpDue{}}
+	b.calls = &calls{registry: b.registry, delivery: b.delivery, limits: cfg.Sessions, log: log.With("component", "calls"),
+		keep: cfg.RepliesKept, timeout: cfg.CallTimeout, handlers: map[string]nonce.Handler{}}
 	for method, h := range cfg.Handlers {
 		b.calls.handlers[method] = h
 	}
-	b.delivery = &delivery{store: b.store, registry: b.registry, out: out, limits: cfg.QueueLimits, rules: cfg.QueueRules,
-		window: cfg.DeliveryWindow, metrics: newQueueMetrics(b.metrics.reg), cursor: map[string]*cursor{}, pumping: map[string]*pumpDue{}}
 	var snaps *snapshots
 	if len(cfg.SnapshotKeys) > 0 {
 		sealer, err := snapshot.NewSealer(cfg.SnapshotKeys, cfg.SnapshotTTL)

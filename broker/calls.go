@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/persistence"
+	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/wire"
 )
@@ -18,6 +20,7 @@ import (
 // calls runs exactly-once calls with the application's handlers.
 type calls struct {
 	registry *sessions.Registry
+	delivery *delivery       // for the handlers' notifications
 	limits   sessions.Config // MaxMemento and MaxPhase apply to calls too
 	log      *slog.Logger
 	keep     uint64 // replies kept per session
@@ -52,9 +55,15 @@ func (c *calls) lookup(method string) (nonce.Handler, bool) {
 // same method replaces it. Handlers run on the caller's connection: keep
 // them short. A handler may run more than once for one call when its
 // transaction conflicts with another and is retried; only the run that
-// commits counts, so keep effects inside the Call (state, phase,
-// AfterCommit). Everything a handler does through its Call (state, phase,
-// notifications) commits atomically with the call's memento and reply.
+// commits counts, so keep effects inside the Call. Everything a handler
+// does through its Call — app state, SetPhase, Notify (to any session of
+// the caller's user) — commits atomically with the call's memento and
+// reply, and AfterCommit runs only once it has.
+//
+// A handler runs holding its session: it must not use the Broker's own
+// session API on it (Notify, Enqueue, LimitQueue, Sessions().Get), which
+// would wait for the session forever. Call.Notify is the way to notify
+// from a handler; other users' sessions are reached from AfterCommit.
 func (b *Broker) Handle(method string, h nonce.Handler) {
 	b.calls.mu.Lock()
 	defer b.calls.mu.Unlock()
@@ -70,10 +79,10 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	var out nonce.Outcome
-	err := c.registry.ExecLocked(c.userLock(user), user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+	err := c.registry.ExecLocked(c.userLock(user), user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session, j *sessions.Joint) (sessions.Change, error) {
 		o, err := nonce.Execute(ctx, tx, user, name, s.LastCallSeq, nonce.Request{
 			Seq: req.Seq, Method: req.Method, Args: req.Args, Memento: req.Memento,
-		}, c.lookup, c.keep, time.Now())
+		}, c.lookup, c.notifier(j), c.keep, time.Now())
 		if err != nil || o.Cached {
 			out = o
 			return sessions.Change{}, err
@@ -101,9 +110,47 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 		afterCallCommit(user, name, req.Seq)
 	}
 	for _, fn := range out.After {
-		fn()
+		c.afterCommit(user, name, req.Method, fn)
 	}
 	return out.Reply, nil
+}
+
+// afterCommit runs fn, an AfterCommit function of a committed call, and
+// logs a panic instead of taking the broker down: the call stands.
+func (c *calls) afterCommit(user, name, method string, fn func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("a call's AfterCommit function panicked; the call stays committed", "session", user+"/"+name,
+				"method", method, "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	fn()
+}
+
+// notifier serves the Call.Notify of a handler running in j: the
+// notification joins the call's transaction, and is counted and delivered
+// once the call has committed.
+func (c *calls) notifier(j *sessions.Joint) nonce.Notifier {
+	return func(call *nonce.Call, session string, data json.RawMessage) (uint64, error) {
+		var r enqueued
+		ms := []queues.Message{{Data: data}}
+		err := j.Update(session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
+			var err error
+			if r, err = c.delivery.enqueueRun(tx, call.User, session, ms, time.Now()); err == nil {
+				err = r.errs[0]
+			}
+			return r.change(), err
+		})
+		if err != nil {
+			c.delivery.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
+			return 0, fmt.Errorf("notify %s: %w", session, err)
+		}
+		call.AfterCommit(func() {
+			c.delivery.counted(r.drops, min(1, int(r.entries[0].Seq)))
+			c.delivery.kick(call.User, session)
+		})
+		return r.entries[0].Seq, nil
+	}
 }
 
 // afterCallCommit, when set (only by tests, before Open), runs after a

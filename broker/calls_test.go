@@ -588,11 +588,9 @@ func TestCallAfterCommit(t *testing.T) {
 // TestCallsOfOneUserShareAppState: sessions of one user call at once, each
 // incrementing the same app state key. Badger detects the conflicting
 // transactions and persistence.Store.Update retries them; every call must
-// still commit once and the counter must count every call. Known bugs: a
-// retried call finds the session copy its failed attempt already advanced
-// (LastCallSeq) and is refused as "seq older than the reply cache"; with
-// that fixed, 8 immediate retries still run out under this contention and
-// calls fail with internal. Set TETHER_KNOWN_BUGS=1 to run it.
+// still commit once and the counter must count every call (a retried
+// attempt starts from a fresh session copy, so it is not refused as a seq
+// already used).
 func TestCallsOfOneUserShareAppState(t *testing.T) {
 	const sessions, each = 8, 50
 	b, _, token := startShop(t, brokertest.Config(t))
@@ -639,9 +637,8 @@ func TestCallsOfOneUserShareAppState(t *testing.T) {
 }
 
 // TestCallMementoLimitIsTheConfiguredOne: a call's memento is held to the
-// configured sessions.Config.MaxMemento, as remember's is. Known bug: calls
-// check sessions.DefaultConfig().MaxMemento instead (see the report); set
-// TETHER_KNOWN_BUGS=1 to run it.
+// configured sessions.Config.MaxMemento, as remember's is (not
+// sessions.DefaultConfig's).
 func TestCallMementoLimitIsTheConfiguredOne(t *testing.T) {
 	cfg := brokertest.Config(t)
 	cfg.Sessions.MaxMemento = 64
@@ -657,4 +654,40 @@ func TestCallMementoLimitIsTheConfiguredOne(t *testing.T) {
 	require.ErrorAs(t, err, &ce, "a call's memento has the same limit")
 	require.Equal(t, wire.CodeTooLarge, ce.Code)
 	require.Zero(t, s.runs.Load())
+}
+
+// panicky is a reply value whose encoding panics.
+type panicky struct{}
+
+func (panicky) MarshalJSON() ([]byte, error) { panic("bad marshaller") }
+
+// TestCallPanicsAreContained: a reply whose encoding panics aborts its call
+// with internal, and an AfterCommit function that panics leaves its call
+// committed and answered; the broker serves on either way.
+func TestCallPanicsAreContained(t *testing.T) {
+	b, _, token := startShop(t, brokertest.Config(t))
+	b.Handle("badreply", func(context.Context, *nonce.Call) (any, error) { return panicky{}, nil })
+	b.Handle("badafter", func(_ context.Context, c *nonce.Call) (any, error) {
+		c.AfterCommit(func() { panic("bad effect") })
+		return "done", nil
+	})
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = d.Call(ctx(t), "badreply", nil, 1)
+	var we *client.Error
+	require.ErrorAs(t, err, &we)
+	require.Equal(t, wire.CodeInternal, we.Code)
+	sess, err := b.Sessions().Get("alice", "shop")
+	require.NoError(t, err)
+	require.Empty(t, sess.Memento, "the aborted call's memento is not kept")
+	got, err := d.Call(ctx(t), "badafter", nil, 2)
+	require.NoError(t, err)
+	require.JSONEq(t, `"done"`, string(got))
+	got, err = d.Call(ctx(t), "buy", map[string]string{"item": "toaster"}, 3)
+	require.NoError(t, err)
+	require.Equal(t, 1, decode[bought](t, got).Bought)
+	sess, err = b.Sessions().Get("alice", "shop")
+	require.NoError(t, err)
+	require.JSONEq(t, `3`, string(sess.Memento))
 }

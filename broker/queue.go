@@ -106,11 +106,10 @@ func (d *delivery) limitsFor(name string) queues.Limits {
 	return d.limits
 }
 
-// dropEvents journals drops and counts them.
-func (d *delivery) dropEvents(drops []queues.Drop) []sessions.Event {
+// dropEvents returns the journal events of drops.
+func dropEvents(drops []queues.Drop) []sessions.Event {
 	events := make([]sessions.Event, 0, len(drops))
 	for _, dr := range drops {
-		d.metrics.dropped.WithLabelValues(string(dr.Reason)).Inc()
 		detail := map[string]any{"seq": dr.Seq, "reason": string(dr.Reason)}
 		if dr.Key != "" {
 			detail["key"] = dr.Key
@@ -118,6 +117,14 @@ func (d *delivery) dropEvents(drops []queues.Drop) []sessions.Event {
 		events = append(events, sessions.Event{Kind: "drop", Detail: detail})
 	}
 	return events
+}
+
+// counted counts drops that committed, and entries enqueued by a commit.
+func (d *delivery) counted(drops []queues.Drop, enqueued int) {
+	for _, dr := range drops {
+		d.metrics.dropped.WithLabelValues(string(dr.Reason)).Inc()
+	}
+	d.metrics.enqueued.Add(float64(enqueued))
 }
 
 // enqueue durably adds m to user/session's queue (creating the session if
@@ -162,63 +169,90 @@ type batch struct {
 // nothing; err fails the whole batch, which then changed nothing. When
 // every message is refused nothing is committed (not even a new session).
 func (d *delivery) commitBatch(user, session string, ms []queues.Message) (batch, persistence.Durable, error) {
-	entries, errs := make([]queues.Entry, len(ms)), make([]error, len(ms))
-	var gone map[uint64]bool // seqs of the batch's entries that left the queue within it
+	var r enqueued
 	durable, err := d.registry.Commit(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
-		clear(entries) // afresh on every attempt: a conflict retries this function
-		clear(errs)
-		clear(gone)
-		run, err := queues.NewRun(tx, user, session)
-		if err != nil {
+		var err error
+		if r, err = d.enqueueRun(tx, user, session, ms, time.Now()); err != nil {
 			return sessions.Change{}, err
 		}
-		now, refused, limits := time.Now(), 0, d.limitsFor(session)
-		var events []sessions.Event
-		for i, m := range ms {
-			e, drops, err := run.Enqueue(m, limits, now)
-			if err != nil {
-				if queueErrorCode(err) == wire.CodeInternal {
-					return sessions.Change{}, err
-				}
-				errs[i], refused = err, refused+1
-				continue
-			}
-			entries[i] = e
-			for _, dr := range drops {
-				if gone == nil {
-					gone = map[uint64]bool{}
-				}
-				gone[dr.Seq] = true
-			}
-			events = append(events, d.dropEvents(drops)...)
-		}
-		if refused == len(ms) {
+		if r.refused == len(ms) {
 			return sessions.Change{}, errAllRefused
 		}
-		return sessions.Change{Changed: len(events) > 0, Events: events}, run.Close()
+		return r.change(), nil
 	})
 	if errors.Is(err, errAllRefused) {
 		err = nil
 	}
+	taken := 0
 	for i := range ms {
 		switch {
 		case err != nil:
 			d.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
-		case errs[i] != nil:
-			d.metrics.rejected.WithLabelValues(string(queueErrorCode(errs[i]))).Inc()
-		case entries[i].Seq != 0:
-			d.metrics.enqueued.Inc()
+		case r.errs[i] != nil:
+			d.metrics.rejected.WithLabelValues(string(queueErrorCode(r.errs[i]))).Inc()
+		case r.entries[i].Seq != 0:
+			taken++
 		}
 	}
-	b := batch{entries: entries, errs: errs}
+	b := batch{entries: r.entries, errs: r.errs}
 	if err == nil {
-		for _, e := range entries {
-			if e.Seq != 0 && !gone[e.Seq] {
+		d.counted(r.drops, taken)
+		for _, e := range r.entries {
+			if e.Seq != 0 && !r.gone[e.Seq] {
 				b.queued = append(b.queued, e)
 			}
 		}
 	}
+	if b.entries == nil { // failed before the first message
+		b.entries, b.errs = make([]queues.Entry, len(ms)), make([]error, len(ms))
+	}
 	return b, durable, err
+}
+
+// enqueued is what enqueueRun did.
+type enqueued struct {
+	entries []queues.Entry // message i's entry; zero if refused or dropped by policy
+	errs    []error        // why message i was refused
+	refused int
+	drops   []queues.Drop
+	gone    map[uint64]bool // seqs of the run's entries that left the queue within it
+}
+
+// change is the session change that journals the run's drops.
+func (r enqueued) change() sessions.Change {
+	events := dropEvents(r.drops)
+	return sessions.Change{Changed: len(events) > 0, Events: events}
+}
+
+// enqueueRun adds ms to user/session's queue in tx, in order. A message
+// the queue refuses gets its error in errs and changes nothing; an error
+// leaves tx to be discarded.
+func (d *delivery) enqueueRun(tx persistence.Txn, user, session string, ms []queues.Message, now time.Time) (enqueued, error) {
+	r := enqueued{entries: make([]queues.Entry, len(ms)), errs: make([]error, len(ms))}
+	run, err := queues.NewRun(tx, user, session)
+	if err != nil {
+		return r, err
+	}
+	limits := d.limitsFor(session)
+	for i, m := range ms {
+		e, drops, err := run.Enqueue(m, limits, now)
+		if err != nil {
+			if queueErrorCode(err) == wire.CodeInternal {
+				return r, err
+			}
+			r.errs[i], r.refused = err, r.refused+1
+			continue
+		}
+		r.entries[i] = e
+		for _, dr := range drops {
+			if r.gone == nil {
+				r.gone = map[uint64]bool{}
+			}
+			r.gone[dr.Seq] = true
+		}
+		r.drops = append(r.drops, drops...)
+	}
+	return r, run.Close()
 }
 
 // errAllRefused aborts a batch whose every message was refused.
@@ -518,14 +552,18 @@ func (d *delivery) expire(user, session string) {
 	if qi, err := d.info(user, session); err != nil || qi.Depth == 0 {
 		return // nothing queued (or never stored): nothing to expire
 	}
+	var drops []queues.Drop
 	err := d.registry.Update(user, session, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
-		drops, err := queues.Expire(tx, user, session, time.Now(), queues.MaxBatch)
-		if err != nil {
+		var err error
+		if drops, err = queues.Expire(tx, user, session, time.Now(), queues.MaxBatch); err != nil {
 			return sessions.Change{}, err
 		}
-		events := d.dropEvents(drops)
+		events := dropEvents(drops)
 		return sessions.Change{Changed: len(events) > 0, Events: events}, nil
 	})
+	if err == nil {
+		d.counted(drops, 0)
+	}
 	if err != nil && !errors.Is(err, sessions.ErrTooManySessions) {
 		d.out.log.Error("expire queue", "session", user+"/"+session, "error", err)
 	}

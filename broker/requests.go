@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -222,7 +223,14 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		if errors.As(he.Err, &app) {
 			return app
 		}
-		return wire.Errorf(wire.CodeBadRequest, "%s failed: %v", he.Method, he.Err)
+		code := wire.CodeBadRequest
+		switch c := queueErrorCode(he.Err); {
+		case c == wire.CodeQueueFull, c == wire.CodeTooLarge, c == wire.CodeForbidden:
+			code = c // a notification the handler sent was refused (Call.Notify)
+		case errors.Is(he.Err, context.DeadlineExceeded):
+			code = wire.CodeInternal // the handler outran CallTimeout
+		}
+		return wire.Errorf(code, "%s failed: %v", he.Method, he.Err)
 	case errors.As(err, &we):
 		return we
 	case errors.Is(err, sessions.ErrStaleNonce):

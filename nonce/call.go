@@ -31,9 +31,35 @@ type Call struct {
 	// call's transaction.
 	State State
 
-	phase *string
-	tx    persistence.Txn
-	after []func()
+	phase  *string
+	tx     persistence.Txn
+	after  []func()
+	notify Notifier
+}
+
+// Notifier queues data for the user's session inside c's transaction and
+// returns its seq; the broker provides it.
+type Notifier func(c *Call, session string, data json.RawMessage) (uint64, error)
+
+// ErrNoNotifier is Call.Notify where no notifier was given to Execute.
+var ErrNoNotifier = errors.New("nonce: this call cannot notify")
+
+// Notify queues data (any JSON-encodable value) for session, a session
+// of the call's user (the caller's own included; created if it does not
+// exist yet), in the call's transaction: the notification is kept and
+// delivered only if the call commits. It returns the notification's seq
+// (0 when the queue's drop_newest policy dropped it). A refusal (the
+// reject policy's queue full, a value too large) changes nothing: the
+// handler returns the error to abort the call, or goes on without it.
+func (c *Call) Notify(session string, data any) (uint64, error) {
+	if c.notify == nil {
+		return 0, ErrNoNotifier
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return 0, fmt.Errorf("nonce: notify %s: encode data: %w", session, err)
+	}
+	return c.notify(c, session, raw)
 }
 
 // AfterCommit registers fn to run once the call has committed (never if it
@@ -75,8 +101,9 @@ type Outcome struct {
 // of the last keep seqs. The caller commits (or, on error, discards) tx,
 // and stores req.Seq as the session's last seq in it: a seq above lastSeq
 // has no stored reply, so only a retry (at or below it) reads one.
+// notify, if not nil, serves the handler's Call.Notify.
 func Execute(ctx context.Context, tx persistence.Txn, user, session string, lastSeq uint64, req Request,
-	handlers func(method string) (Handler, bool), keep uint64, now time.Time) (Outcome, error) {
+	handlers func(method string) (Handler, bool), notify Notifier, keep uint64, now time.Time) (Outcome, error) {
 	sum := sha256.Sum256(append([]byte(req.Method+"\x00"), req.Args...))
 	if req.Seq <= lastSeq {
 		r, ok, err := GetReply(tx, user, session, req.Seq)
@@ -95,18 +122,14 @@ func Execute(ctx context.Context, tx persistence.Txn, user, session string, last
 		return Outcome{}, fmt.Errorf("%w %q", ErrUnknownMethod, req.Method)
 	}
 	c := &Call{User: user, Session: session, Method: req.Method, Seq: req.Seq, Args: req.Args,
-		State: State{tx: tx, user: user}, tx: tx}
-	res, err := run(ctx, h, c)
+		State: State{tx: tx, user: user}, tx: tx, notify: notify}
+	raw, err := run(ctx, h, c)
 	var he *HandlerError
 	if err != nil && !errors.As(err, &he) {
 		err = &HandlerError{Method: req.Method, Err: err}
 	}
 	if err != nil {
 		return Outcome{}, err
-	}
-	raw, err := json.Marshal(res)
-	if err != nil {
-		return Outcome{}, fmt.Errorf("nonce: encode reply of %s: %w", req.Method, err)
 	}
 	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, Args: sum[:], OK: raw, At: now}, keep); err != nil {
 		return Outcome{}, err
@@ -125,13 +148,21 @@ type HandlerError struct {
 func (e *HandlerError) Error() string { return "nonce: handler " + e.Method + ": " + e.Err.Error() }
 func (e *HandlerError) Unwrap() error { return e.Err }
 
-// run calls h, turning a panic into an error so that one bad handler cannot
-// take the broker down.
-func run(ctx context.Context, h Handler, c *Call) (res any, err error) {
+// run calls h and encodes its result, turning a panic (in h or in the
+// result's MarshalJSON) into an error so that one bad handler cannot take
+// the broker down.
+func run(ctx context.Context, h Handler, c *Call) (raw json.RawMessage, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = &HandlerError{Method: c.Method, Err: fmt.Errorf("panic: %v", p), Stack: debug.Stack()}
+			raw, err = nil, &HandlerError{Method: c.Method, Err: fmt.Errorf("panic: %v", p), Stack: debug.Stack()}
 		}
 	}()
-	return h(ctx, c)
+	res, err := h(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if raw, err = json.Marshal(res); err != nil {
+		return nil, fmt.Errorf("encode the reply: %w", err)
+	}
+	return raw, nil
 }

@@ -343,15 +343,22 @@ type Change struct {
 // with a copy of the session record it may change. If fn fails, nothing
 // is written. Requests of one session are serialised.
 func (r *Registry) Exec(user, name string, conn Conn, nonce string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
-	return r.ExecLocked(nil, user, name, conn, nonce, fn)
+	return r.ExecLocked(nil, user, name, conn, nonce, func(tx persistence.Txn, s *Session, _ *Joint) (Change, error) {
+		return fn(tx, s)
+	})
 }
 
-// ExecLocked is Exec with fn and its commit run while holding mu (when not
-// nil), released before waiting for durability: the application
-// serialises work across sessions (one user's calls) without serialising
-// their fsyncs.
-func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonce string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
-	return r.with(user, name, func(e *entry) error {
+// ExecLocked is Exec holding mu (when not nil) from before the session is
+// locked until fn has committed, released before waiting for durability:
+// the application serialises work across sessions (one user's calls)
+// without serialising their fsyncs. fn may change other sessions of the
+// user through the Joint; only functions run under one mu per user may,
+// so that two of them never wait for each other's sessions.
+func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonce string, fn func(tx persistence.Txn, s *Session, j *Joint) (Change, error)) error {
+	if mu != nil {
+		mu.Lock()
+	}
+	d, err := r.withEntry(user, name, func(e *entry) error {
 		now := r.now()
 		if err := r.current(e, nonce, now); err != nil {
 			return err
@@ -360,12 +367,13 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 			return err
 		}
 		e.s.LastSeen = now
-		if mu != nil {
-			mu.Lock()
-			defer mu.Unlock()
-		}
-		return r.commitFn(e, false, fn)
+		j := &Joint{r: r, user: user, self: e}
+		return r.commitJoint(e, j, fn)
 	})
+	if mu != nil {
+		mu.Unlock()
+	}
+	return firstErr(d.Wait(), err)
 }
 
 // commitFn runs fn on a copy of e's record in one transaction and, if it
@@ -388,6 +396,39 @@ func (r *Registry) commitFn(e *entry, store bool, fn func(tx persistence.Txn, s 
 	})
 	e.durable = e.durable.Join(d)
 	if err == nil && (ch.Changed || store) {
+		e.s, e.head = ns, head
+	}
+	return err
+}
+
+// commitJoint is commitFn for an ExecLocked function, with the sessions
+// it joins written in the same transaction and unlocked after it.
+func (r *Registry) commitJoint(e *entry, j *Joint, fn func(tx persistence.Txn, s *Session, j *Joint) (Change, error)) error {
+	var (
+		ns   Session
+		ch   Change
+		head journalHead
+	)
+	d, err := r.store.Commit(func(tx persistence.Txn) error {
+		ns, head = e.s, e.head // afresh on every attempt: a conflict retries this function
+		j.begin(tx, &ns)
+		var err error
+		if ch, err = fn(tx, &ns, j); err != nil {
+			return err
+		}
+		ch.Changed = ch.Changed || j.ch.Changed
+		ch.Events = append(ch.Events, j.ch.Events...)
+		if err := j.write(tx); err != nil {
+			return err
+		}
+		if !ch.Changed {
+			return nil
+		}
+		return r.write(tx, &ns, ch.Events, &head)
+	})
+	j.end(d, err)
+	e.durable = e.durable.Join(d)
+	if err == nil && ch.Changed {
 		e.s, e.head = ns, head
 	}
 	return err
@@ -454,10 +495,22 @@ func (r *Registry) with(user, name string, fn func(e *entry) error) error {
 // withEntry runs fn with the entry of user/name locked and returns what
 // to wait for before anything fn decided may leave the registry.
 func (r *Registry) withEntry(user, name string, fn func(e *entry) error) (persistence.Durable, error) {
+	e, err := r.lock(user, name)
+	if err != nil {
+		return persistence.Durable{}, err
+	}
+	err = fn(e)
+	d := e.durable
+	e.mu.Unlock()
+	return d, err
+}
+
+// lock loads the entry of user/name and locks it.
+func (r *Registry) lock(user, name string) (*entry, error) {
 	for {
 		e, err := r.load(user, name)
 		if err != nil {
-			return persistence.Durable{}, err
+			return nil, err
 		}
 		e.mu.Lock()
 		if e.evicted { // lost a race with the sweep: load again
@@ -465,10 +518,7 @@ func (r *Registry) withEntry(user, name string, fn func(e *entry) error) (persis
 			continue
 		}
 		e.touched = r.now()
-		err = fn(e)
-		d := e.durable
-		e.mu.Unlock()
-		return d, err
+		return e, nil
 	}
 }
 

@@ -31,7 +31,8 @@ type Status struct {
 // It reads with Sessions().Names and Outq, which only read the store. It
 // must not use SessionsOf (or Notify, LimitQueue, Sessions().Get…) on the
 // caller's own session: a call handler runs holding that session, and
-// those wait for it, so the call would never return.
+// those wait for it, so the call would never return (a handler notifies
+// with Call.Notify, which commits with the call).
 func registerStatus(b *broker.Broker) {
 	b.Handle(methodStatus, func(_ context.Context, c *nonce.Call) (any, error) {
 		names, err := b.Sessions().Names(c.User)
