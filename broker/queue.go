@@ -265,24 +265,30 @@ var errAllRefused = errors.New("broker: every message of the batch was refused")
 func (d *delivery) ack(user, session string, conn sessions.Conn, nonce string, upto uint64, resend bool) (int, error) {
 	total := 0
 	for more := true; more; {
+		var (
+			n     int
+			drops []queues.Drop
+		)
 		err := d.registry.Exec(user, session, conn, nonce, func(tx persistence.Txn, s *sessions.Session) (sessions.Change, error) {
-			n, m, err := queues.Ack(tx, user, session, upto, queues.MaxBatch)
-			if err != nil {
+			var err error
+			if n, drops, more, err = queues.Ack(tx, user, session, upto, queues.MaxBatch, time.Now()); err != nil {
 				return sessions.Change{}, err
 			}
-			total, more = total+n, m
-			if n == 0 && !(resend && !more) {
-				return sessions.Change{}, nil
+			events := dropEvents(drops)
+			if n > 0 || (resend && !more) {
+				detail := map[string]any{"upto": upto, "removed": n}
+				if resend && !more {
+					detail["resend"] = true // a gap the device saw, worth an operator's eye
+				}
+				events = append(events, sessions.Event{Kind: "ack", Detail: detail})
 			}
-			detail := map[string]any{"upto": upto, "removed": n}
-			if resend && !more {
-				detail["resend"] = true // a gap the device saw, worth an operator's eye
-			}
-			return sessions.Change{Changed: true, Events: []sessions.Event{{Kind: "ack", Detail: detail}}}, nil
+			return sessions.Change{Changed: len(events) > 0, Events: events}, nil
 		})
 		if err != nil {
 			return total, err
 		}
+		total += n
+		d.counted(drops, 0)
 	}
 	d.metrics.acked.Add(float64(total))
 	if resend {

@@ -2,6 +2,7 @@ package queues
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/f47fa0da/tether/persistence"
 )
@@ -18,20 +19,26 @@ import (
 // MaxBatch). When more remain at or below upto, Acked is raised only to
 // just below the first of them and more is true: call Ack again, in the
 // same or a new transaction. Only entries at or below upto are scanned.
-func Ack(tx persistence.Txn, user, session string, upto uint64, limit int) (removed int, more bool, err error) {
+//
+// An entry whose TTL has passed at now is removed as expired (one of the
+// returned drops, counted as ReasonExpired) rather than acknowledged:
+// deliverers skip expired entries, so a cumulative ack past one is no
+// sign that it arrived, and the sweep would have dropped it the same way.
+// removed counts the entries acknowledged.
+func Ack(tx persistence.Txn, user, session string, upto uint64, limit int, now time.Time) (removed int, drops []Drop, more bool, err error) {
 	q, err := open(user, session)
 	if err != nil {
-		return 0, false, err
+		return 0, nil, false, err
 	}
 	st, err := loadState(tx, q)
 	if err != nil {
-		return 0, false, err
+		return 0, nil, false, err
 	}
 	if upto >= st.NextSeq {
-		return 0, false, fmt.Errorf("%w: ack up to %d, but the last seq assigned is %d", ErrInvalid, upto, st.NextSeq-1)
+		return 0, nil, false, fmt.Errorf("%w: ack up to %d, but the last seq assigned is %d", ErrInvalid, upto, st.NextSeq-1)
 	}
 	if upto <= st.Acked {
-		return 0, false, nil
+		return 0, nil, false, nil
 	}
 	limit = batch(limit)
 	var acked []held
@@ -53,15 +60,21 @@ func Ack(tx persistence.Txn, user, session string, upto uint64, limit int) (remo
 		return true, nil
 	})
 	if err != nil {
-		return 0, false, err
+		return 0, nil, false, err
 	}
 	for _, h := range acked {
 		if err := removeEntry(tx, q, h); err != nil {
-			return 0, false, err
+			return 0, nil, false, err
+		}
+		if h.expired(now) {
+			st.removed(h, ReasonExpired)
+			drops = append(drops, h.drop(ReasonExpired))
+			continue
 		}
 		st.removed(h, "")
+		removed++
 	}
 	st.Acked = upto
 	st.First = max(st.First, upto+1)
-	return len(acked), more, saveState(tx, q, st)
+	return removed, drops, more, saveState(tx, q, st)
 }

@@ -2,6 +2,7 @@ package queues_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -16,7 +17,7 @@ func ack(t testing.TB, s *persistence.Store, upto uint64, max int) (int, bool, e
 	var more bool
 	err := s.Update(func(tx persistence.Txn) error {
 		var err error
-		removed, more, err = queues.Ack(tx, user, sess, upto, max)
+		removed, _, more, err = queues.Ack(tx, user, sess, upto, max, time.Now())
 		return err
 	})
 	return removed, more, err
@@ -166,4 +167,40 @@ func TestReadWindowKeepsAtMostWindowUnacked(t *testing.T) {
 	sent, got = window(9) // the end of the queue
 	require.Equal(t, uint64(9), sent)
 	require.Empty(t, got)
+}
+
+// TestAckPastAnExpiredEntryDropsIt: an entry whose TTL passed before it
+// was delivered (reads skip it) is removed by a cumulative ack past it as
+// expired, counted and returned as a drop, not as acknowledged.
+func TestAckPastAnExpiredEntryDropsIt(t *testing.T) {
+	s := openStore(t)
+	def := queues.DefaultLimits()
+	m1 := msg(1)
+	m1.TTL = time.Second
+	enqueue(t, s, m1, def, t0)
+	enqueue(t, s, msg(2), def, t0)
+	later := t0.Add(2 * time.Second)
+	var got []queues.Entry
+	require.NoError(t, s.View(func(tx persistence.Txn) error {
+		var err error
+		_, _, got, err = queues.ReadWindow(tx, user, sess, 0, 64, later)
+		return err
+	}))
+	require.Len(t, got, 1)
+	require.EqualValues(t, 2, got[0].Seq, "seq 1 expired before it was read")
+	var (
+		removed int
+		drops   []queues.Drop
+	)
+	update(t, s, func(tx persistence.Txn) error {
+		var err error
+		removed, drops, _, err = queues.Ack(tx, user, sess, 2, 0, later)
+		return err
+	})
+	require.Equal(t, 1, removed)
+	require.Equal(t, []queues.Drop{{Seq: 1, Reason: queues.ReasonExpired}}, drops)
+	m := getMeta(t, s)
+	require.Zero(t, m.Count)
+	require.EqualValues(t, 2, m.Acked)
+	require.Equal(t, map[queues.Reason]uint64{queues.ReasonExpired: 1}, m.Dropped)
 }

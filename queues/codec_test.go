@@ -44,7 +44,7 @@ func TestJSONRowsOfEarlierReleasesStillRead(t *testing.T) {
 		Limits: &queues.Limits{MaxMessages: 5, MaxBytes: 1000, Policy: queues.Reject}, Dropped: map[queues.Reason]uint64{queues.ReasonExpired: 1}}, m)
 
 	update(t, s, func(tx persistence.Txn) error {
-		_, _, err := queues.Ack(tx, user, sess, 2, 0)
+		_, _, _, err := queues.Ack(tx, user, sess, 2, 0, time.Now())
 		return err
 	})
 	e, _ := enqueue(t, s, queues.Message{Data: json.RawMessage(`{"n":4}`), Key: "k"}, limits(9, 9999, queues.DropOldest), t0)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -89,7 +90,7 @@ func TestLargeQueue(t *testing.T) {
 	for more := true; more; commits++ {
 		update(t, s, func(tx persistence.Txn) error {
 			var err error
-			_, more, err = queues.Ack(tx, user, sess, total, 0)
+			_, _, more, err = queues.Ack(tx, user, sess, total, 0, time.Now())
 			return err
 		})
 	}

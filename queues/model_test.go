@@ -119,20 +119,25 @@ func (m *model) enqueue(msg queues.Message, def queues.Limits, now time.Time) (q
 	return e, drops, nil
 }
 
-func (m *model) ack(upto uint64) (int, error) {
+// ack removes the entries up to upto: those expired at now as drops,
+// the others acknowledged (counted in n).
+func (m *model) ack(upto uint64, now time.Time) (n int, drops []queues.Drop, err error) {
 	if upto >= m.meta.NextSeq {
-		return 0, queues.ErrInvalid
+		return 0, nil, queues.ErrInvalid
 	}
 	if upto <= m.meta.Acked {
-		return 0, nil
+		return 0, nil, nil
 	}
-	n := 0
 	for len(m.entries) > 0 && m.entries[0].Seq <= upto {
+		if e := m.entries[0]; !e.Expires.IsZero() && !now.Before(e.Expires) {
+			m.drop(e.Seq, queues.ReasonExpired, &drops)
+			continue
+		}
 		m.entries = m.entries[1:]
 		n++
 	}
 	m.meta.Acked = upto
-	return n, nil
+	return n, drops, nil
 }
 
 func (m *model) expire(now time.Time, limit int) []queues.Drop {
@@ -189,13 +194,23 @@ func TestAgainstModel(t *testing.T) {
 				case op < 14:
 					upto := m.meta.Acked + uint64(rng.IntN(6))
 					what = fmt.Sprint("ack ", upto)
-					want, wantErr := m.ack(upto)
-					n, more, err := ack(t, s, upto, 0)
+					want, wantDrops, wantErr := m.ack(upto, now)
+					var (
+						n     int
+						drops []queues.Drop
+						more  bool
+					)
+					err := s.Update(func(tx persistence.Txn) error {
+						var err error
+						n, drops, more, err = queues.Ack(tx, user, sess, upto, 0, now)
+						return err
+					})
 					if wantErr != nil {
 						require.ErrorIs(t, err, wantErr, what)
 					} else {
 						require.NoError(t, err, what)
 						require.Equal(t, want, n, what)
+						require.Equal(t, wantDrops, drops, what)
 						require.False(t, more)
 					}
 				case op < 17:

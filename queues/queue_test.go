@@ -276,7 +276,7 @@ func TestCollapse(t *testing.T) {
 
 	// Once the keyed entry is acknowledged, the key collapses nothing.
 	update(t, s, func(tx persistence.Txn) error {
-		_, _, err := queues.Ack(tx, user, sess, 5, 0)
+		_, _, _, err := queues.Ack(tx, user, sess, 5, 0, time.Now())
 		return err
 	})
 	_, drops = enqueue(t, s, key(`"score 4"`, "score"), def, t0)
@@ -334,7 +334,7 @@ func TestSeqNeverReused(t *testing.T) {
 			update(t, s, func(tx persistence.Txn) error {
 				m, err := queues.GetMeta(tx, user, sess)
 				require.NoError(t, err)
-				_, _, err = queues.Ack(tx, user, sess, m.NextSeq-1, 0)
+				_, _, _, err = queues.Ack(tx, user, sess, m.NextSeq-1, 0, time.Now())
 				return err
 			})
 		case 4: // expiry

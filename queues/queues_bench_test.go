@@ -111,7 +111,7 @@ func BenchmarkAck(b *testing.B) {
 	b.ResetTimer()
 	for i := 1; i <= b.N; i++ {
 		if err := s.Update(func(tx persistence.Txn) error {
-			removed, _, err := queues.Ack(tx, user, sess, uint64(i), 0)
+			removed, _, _, err := queues.Ack(tx, user, sess, uint64(i), 0, time.Now())
 			if err == nil && removed != 1 {
 				err = fmt.Errorf("ack %d removed %d entries", i, removed)
 			}

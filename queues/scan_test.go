@@ -72,7 +72,7 @@ func TestScansSkipRemovedEntries(t *testing.T) {
 
 	enqueue(t, s, msg(52), lim, at(52))
 	starts = run(func(tx persistence.Txn) error {
-		n, _, err := queues.Ack(tx, user, sess, 52, 0)
+		n, _, _, err := queues.Ack(tx, user, sess, 52, 0, time.Now())
 		require.Equal(t, 1, n)
 		return err
 	})
