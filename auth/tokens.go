@@ -186,7 +186,11 @@ func (r *Tokens) load(id string) (Token, error) {
 		return Token{}, err
 	}
 	r.mu.Lock()
-	r.cache[id] = t
+	if newer, ok := r.cache[id]; ok {
+		t = newer // a Revoke (or another load) since the read: keep what it cached
+	} else {
+		r.cache[id] = t
+	}
 	r.mu.Unlock()
 	return t, nil
 }

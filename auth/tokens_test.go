@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,5 +380,47 @@ func TestConcurrentCheckAndRevoke(t *testing.T) {
 	})
 	wg.Wait()
 	_, err := r.Check("alice", secret)
+	require.ErrorIs(t, err, ErrRevoked)
+}
+
+// pausingStore pauses the first Peek after its read until release is
+// closed, as a descheduled connect goroutine would.
+type pausingStore struct {
+	*persistence.Store
+	first   atomic.Bool
+	read    chan struct{}
+	release chan struct{}
+}
+
+func (s *pausingStore) Peek(fn func(persistence.Txn) error) (persistence.Durable, error) {
+	d, err := s.Store.Peek(fn)
+	if s.first.CompareAndSwap(false, true) {
+		close(s.read)
+		<-s.release
+	}
+	return d, err
+}
+
+// TestRevokeDuringFirstLoad: a revoke that lands while a CONNECT reads the
+// token for the first time (nothing cached, as after a restart) is not
+// undone by the read's older copy.
+func TestRevokeDuringFirstLoad(t *testing.T) {
+	st := openTestStore(t)
+	secret, tok, err := NewTokens(st).Add(NewToken{User: "alice", Role: RoleDevice, ValidUntil: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	slow := &pausingStore{Store: st, read: make(chan struct{}), release: make(chan struct{})}
+	r := NewTokens(slow)
+	done := make(chan error)
+	go func() {
+		_, err := r.Check("alice", secret)
+		done <- err
+	}()
+	<-slow.read
+	_, err = r.Revoke(tok.ID)
+	require.NoError(t, err)
+	close(slow.release)
+	require.ErrorIs(t, <-done, ErrRevoked, "the connect that raced the revoke")
+	require.ErrorIs(t, r.Recheck(tok.ID), ErrRevoked)
+	_, err = r.Check("alice", secret)
 	require.ErrorIs(t, err, ErrRevoked)
 }

@@ -31,6 +31,7 @@ type access struct {
 	// principals maps each live connection to who it is. Keyed by the
 	// *mqtt.Client, not the client id: a takeover makes a new Client.
 	principals sync.Map // *mqtt.Client -> auth.Principal
+	cut        sync.Map // *mqtt.Client -> true: being disconnected for its token
 }
 
 func (h *access) ID() string { return "tether-access" }
@@ -112,10 +113,10 @@ func (h *access) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		return pk, nil
 	}
 	if err := h.tokens.Recheck(p.TokenID); err != nil {
-		h.metrics.authFailed.WithLabelValues("live_" + authFailureReason(err)).Inc()
-		h.log.Info("token no longer valid, disconnecting", "client", cl.ID, "user", p.User, "reason", authFailureReason(err))
-		// Only ErrRejectPacket ends the read loop; MQTT 5 clients are told why first.
-		_ = h.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		if h.cutting(cl, p, err) {
+			// Only ErrRejectPacket ends the read loop; MQTT 5 clients are told why first.
+			_ = h.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		}
 		return pk, packets.ErrRejectPacket
 	}
 	return pk, nil
@@ -123,17 +124,40 @@ func (h *access) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 
 // OnACLCheck decides subscriptions and deliveries. Publishes are decided in
 // OnPublish, where the reply can follow the protocol version (see
-// publishQueues.deny).
+// publishQueues.deny). A delivery re-checks the token too: a connection
+// that only listens is cut off at its next message once its token is
+// revoked or expired, like one that sends.
 func (h *access) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		return true
 	}
 	p, ok := h.principal(cl)
+	if ok && !p.Anonymous {
+		if err := h.tokens.Recheck(p.TokenID); err != nil {
+			if h.cutting(cl, p, err) {
+				// ACL checks of deliveries run on the publisher's goroutine.
+				go func() { _ = h.srv.DisconnectClient(cl, packets.ErrNotAuthorized) }()
+			}
+			return false
+		}
+	}
 	if ok && p.Allowed(topic, false) {
 		return true
 	}
 	h.metrics.aclDenied.WithLabelValues("subscribe").Inc()
 	return false
+}
+
+// cutting reports whether cl, whose token err says is no longer valid, is
+// to be disconnected now: the first time only (every packet and delivery
+// until it is gone asks), counted and logged.
+func (h *access) cutting(cl *mqtt.Client, p auth.Principal, err error) bool {
+	if _, already := h.cut.LoadOrStore(cl, true); already {
+		return false
+	}
+	h.metrics.authFailed.WithLabelValues("live_" + authFailureReason(err)).Inc()
+	h.log.Info("token no longer valid, disconnecting", "client", cl.ID, "user", p.User, "reason", authFailureReason(err))
+	return true
 }
 
 func (h *access) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
@@ -209,4 +233,7 @@ func (h *access) refuseBadName(cl *mqtt.Client, p auth.Principal, name string, p
 	return h.acks.deny(cl, pk, packets.ErrTopicNameInvalid)
 }
 
-func (h *access) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.principals.Delete(cl) }
+func (h *access) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.principals.Delete(cl)
+	h.cut.Delete(cl)
+}

@@ -109,6 +109,35 @@ func TestRevokeCutsLiveConnection(t *testing.T) {
 	require.Error(t, err, "a revoked token must not connect again")
 }
 
+// TestRevokeCutsListeningConnection: a connection that only listens
+// (keepalive 0, QoS 0: it never sends a packet) gets nothing more of the
+// user's once its token is revoked, and is cut at its next delivery.
+func TestRevokeCutsListeningConnection(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	secret, tok, err := b.Tokens().Add(auth.NewToken{User: "alice", Role: auth.RoleDevice, ValidUntil: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	lost := make(chan error, 1)
+	heard := brokertest.NewMessages(100)
+	listener := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", secret).SetKeepAlive(0).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }))
+	require.NoError(t, brokertest.Wait(listener.Subscribe("sessions/alice/#", 0, heard.Handler)))
+	_, err = b.Tokens().Revoke(tok.ID)
+	require.NoError(t, err)
+
+	dev := brokertest.MustConnect(t, brokertest.ClientOptions(url, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice)))
+	res := brokertest.NewMessages(10)
+	require.NoError(t, brokertest.Wait(dev.Subscribe("sessions/alice/kitchen/res", 0, res.Handler)))
+	require.NoError(t, brokertest.Wait(dev.Publish("sessions/alice/kitchen/req", 1, false, `{"id":1,"op":"begin"}`)))
+	require.Contains(t, string(res.Next(t, 5*time.Second).Payload()), `"nonce"`, "the device itself is served")
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a listening connection with a revoked token stayed open")
+	}
+	heard.None(t, 100*time.Millisecond) // nothing of the user reached the revoked listener
+}
+
 func TestExpiryCutsLiveConnection(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Config(t))
 	secret, _, err := b.Tokens().Add(auth.NewToken{User: "alice", Role: auth.RoleDevice, ValidUntil: time.Now().Add(time.Second)})
