@@ -338,6 +338,22 @@ func TestDeadline(t *testing.T) {
 	require.ErrorIs(t, err, client.ErrExpired)
 	require.Equal(t, sessions.StateExpired, state(t, b, "alice", "exam"))
 	require.Contains(t, journal(t, b, "alice", "exam"), "expired")
+
+	// It expired attached; once its device has gone it is offline too.
+	d.Close()
+	brokertest.WaitFor(t, 3*time.Second, "presence offline after the device left", func() bool {
+		k := journal(t, b, "alice", "exam")
+		return strings.HasPrefix(k[len(k)-1], "presence:")
+	})
+	require.Equal(t, sessions.StateExpired, state(t, b, "alice", "exam"))
+	late := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token))
+	seen := brokertest.NewMessages(4)
+	require.NoError(t, brokertest.Wait(late.Subscribe("sessions/alice/exam/presence", 1, seen.Handler)))
+	var p struct {
+		State string `json:"state"`
+	}
+	require.NoError(t, json.Unmarshal(seen.Next(t, 2*time.Second).Payload(), &p))
+	require.Equal(t, "offline", p.State, "the retained presence")
 }
 
 func TestRestartKeepsSessionsAndLoadsLazily(t *testing.T) {

@@ -59,17 +59,22 @@ func (r *Registry) reattach(e *entry, conn Conn, now time.Time) error {
 }
 
 // detach marks e's instance detached for reason and disposes what it held
-// in memory (connection, timers). The instance stays current.
+// in memory (connection, timers). The instance stays current. A session
+// that expired while attached stays expired, and goes offline.
 func (r *Registry) detach(e *entry, reason string, detail map[string]any) {
 	now := r.now()
 	held := e.conn
 	r.unattach(e)
 	e.stopTimers()
-	if e.s.State != StateActive {
+	ns := e.s
+	switch {
+	case e.s.State == StateActive:
+		ns.State, ns.Since = StateDetached, now
+	case e.s.State == StateExpired && held != 0:
+		// Its presence still says online: expiry leaves the device attached.
+	default:
 		return
 	}
-	ns := e.s
-	ns.State, ns.Since = StateDetached, now
 	d := map[string]any{"state": "offline", "reason": reason, "conn": held}
 	for k, v := range detail {
 		d[k] = v
@@ -91,7 +96,7 @@ func (r *Registry) Will(user, name string, conn Conn, willConn string) bool {
 		if e.s.State == StateNew {
 			return nil
 		}
-		if e.conn != conn || e.s.State != StateActive {
+		if e.conn != conn || (e.s.State != StateActive && e.s.State != StateExpired) {
 			_ = r.commit(e, e.s, Event{Kind: "will_ignored", Detail: map[string]any{"conn": conn, "will_conn": willConn, "current_conn": e.conn}})
 			return nil
 		}
