@@ -144,12 +144,18 @@ func (r *Registry) startTimers(e *entry) {
 	r.out.Tick(e.s.User, e.s.Name, e.s.tick(now))
 	tick := func() {
 		e.mu.Lock()
-		defer e.mu.Unlock()
 		if e.ticker == nil || e.conn == 0 || e.s.State != StateActive {
+			e.mu.Unlock()
 			return
 		}
-		r.out.Tick(e.s.User, e.s.Name, e.s.tick(r.now()))
+		user, name, t, d := e.s.User, e.s.Name, e.s.tick(r.now()), e.durable
 		e.ticker.Reset(r.cfg.TickInterval)
+		e.mu.Unlock()
+		// A tick tells only what is durable: the phase of a call whose
+		// commit is still waiting for its sync round is not.
+		if d.Wait() == nil {
+			r.out.Tick(user, name, t)
+		}
 	}
 	e.ticker = time.AfterFunc(r.cfg.TickInterval, tick)
 	if !e.s.Deadline.IsZero() {
