@@ -364,10 +364,20 @@ func (c *Client) onConnect(m paho.Client) {
 	// No handler per topic: paho would match every message against each
 	// subscription's filter, part by part; the default handler, onMessage,
 	// tells the session's topics apart by name.
-	tok := m.SubscribeMultiple(c.topics.subs, nil)
-	if !tok.WaitTimeout(c.cfg.RequestTimeout) || tok.Error() != nil {
-		c.log.Warn("subscribe failed", "error", tok.Error())
-		return
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		tok := m.SubscribeMultiple(c.topics.subs, nil)
+		if tok.WaitTimeout(c.cfg.RequestTimeout) && tok.Error() == nil {
+			break
+		}
+		c.log.Warn("subscribe failed; trying again", "error", tok.Error(), "in", delay)
+		if !m.IsConnectionOpen() {
+			return // the next connect subscribes again
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
 	}
 	gen := c.gen.Add(1)
 	defer c.setReady()
