@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"path"
@@ -16,6 +17,10 @@ import (
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/snapshot"
 )
+
+// maxSessionExpiry is the longest SessionExpiry: MQTT carries expiry
+// intervals as 32-bit seconds.
+const maxSessionExpiry = time.Duration(math.MaxUint32) * time.Second
 
 // Config is everything the broker needs to run. Fill it from DefaultConfig
 // and change fields; Open calls Validate.
@@ -173,8 +178,8 @@ func (c Config) Validate() error {
 		return configErrorf("ReadBufferSize", "must be at least 256 bytes, got %d", c.ReadBufferSize)
 	case c.WriteBufferSize < 256:
 		return configErrorf("WriteBufferSize", "must be at least 256 bytes, got %d", c.WriteBufferSize)
-	case c.SessionExpiry < time.Second:
-		return configErrorf("SessionExpiry", "must be at least 1s, got %s", c.SessionExpiry)
+	case c.SessionExpiry < time.Second || c.SessionExpiry > maxSessionExpiry:
+		return configErrorf("SessionExpiry", "must be at least 1s and at most %s (MQTT's largest expiry interval), got %s", maxSessionExpiry, c.SessionExpiry)
 	case c.ShutdownTimeout <= 0:
 		return configErrorf("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
 	case c.GCInterval <= 0:
