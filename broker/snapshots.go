@@ -106,7 +106,11 @@ func (s *snapshots) restore(user, name, blob string) (bool, error) {
 		FirstBegin: snap.State.FirstBegin, Deadline: snap.State.Deadline, LastCallSeq: snap.State.LastCallSeq}
 	if len(snap.State.Policy) > 0 {
 		var p sessions.Policy
-		if err := json.Unmarshal(snap.State.Policy, &p); err != nil || p.Validate() != nil {
+		err := json.Unmarshal(snap.State.Policy, &p)
+		if err == nil {
+			err = p.Validate()
+		}
+		if err != nil {
 			return false, wire.Errorf(wire.CodeBadRequest, "restore refused: snapshot policy: %v", err)
 		}
 		st.Policy = &p

@@ -16,6 +16,7 @@ import (
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/snapshot"
+	"github.com/f47fa0da/tether/wire"
 )
 
 func snapshotConfig(t *testing.T, keys ...snapshot.Key) broker.Config {
@@ -420,4 +421,32 @@ func TestSnapshotRestoreOverLocalRecord(t *testing.T) {
 		_, n := keep.get()
 		require.Equal(t, 0, n)
 	})
+}
+
+// TestSnapshotRestoreHeldToSessionCap: a blob for a session this broker
+// has never seen is a new session here, held to the per-user cap.
+func TestSnapshotRestoreHeldToSessionCap(t *testing.T) {
+	key := testKey(t, "k1")
+	a := brokertest.Start(t, snapshotConfig(t, key))
+	keep := &blobKeeper{}
+	d := snapDevice(t, a, brokertest.Token(t, a, "alice", auth.RoleDevice), "cart", "", keep)
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	require.NoError(t, d.Remember(ctx(t), "kettle", nil))
+	blob, _ := keep.get()
+	require.NotEmpty(t, blob)
+
+	cfg := snapshotConfig(t, key)
+	cfg.Sessions.MaxSessionsPerUser = 1
+	b := brokertest.Start(t, cfg)
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	_, err = snapDevice(t, b, token, "other", "", &blobKeeper{}).Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = snapDevice(t, b, token, "cart", blob, &blobKeeper{}).Begin(ctx(t))
+	var we *client.Error
+	require.ErrorAs(t, err, &we)
+	require.Equal(t, wire.CodeForbidden, we.Code)
+	names, err := b.Sessions().Names("alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{"other"}, names)
 }

@@ -270,6 +270,11 @@ func (r *Registry) Restore(user, name string, st Restored, fn func(tx persistenc
 					return Change{}, err
 				}
 			}
+			if s.Version == 0 { // new here: held to the per-user cap like any other (write admits only version 0)
+				if err := r.admit(tx, user, name); err != nil {
+					return Change{}, err
+				}
+			}
 			// write adds one: the restored record continues from the snapshot's version.
 			s.Version = st.Version
 			return Change{Changed: true, Events: []Event{{Kind: "restored", Detail: map[string]any{
