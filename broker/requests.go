@@ -269,15 +269,26 @@ const voidTopic = "$tether/void"
 
 // OnWill consumes wills on a session's presence topic: the broker turns
 // them into liveness and publishes presence itself. Wills on topics the
-// client may not publish to are dropped too (mochi does not check them).
+// client may not publish to are dropped too (mochi does not check them),
+// and so are wills on the broker's other topics (a request, a notify):
+// mochi sends a will past the publish hooks, so it would reach
+// subscribers raw instead of being answered or made durable.
 func (h *sessionHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	p, ok := h.access.principal(cl)
 	if !ok || !p.Allowed(will.TopicName, true) {
 		return voidWill(will), nil
 	}
+	if strings.HasPrefix(will.TopicName, wire.NotifyRoot+"/") {
+		h.log.Info("will on a notify topic dropped", "client", cl.ID, "topic", will.TopicName)
+		return voidWill(will), nil
+	}
 	user, name, leaf, ok := wire.ParseSessionTopic(will.TopicName)
-	if !ok || leaf != wire.LeafPresence {
+	if !ok {
 		return will, nil
+	}
+	if leaf != wire.LeafPresence {
+		h.log.Info("will on a session topic other than presence dropped", "client", cl.ID, "topic", will.TopicName)
+		return voidWill(will), nil
 	}
 	var wp willPayload
 	_ = json.Unmarshal(will.Payload, &wp) // the payload is informative; the connection is what counts

@@ -250,6 +250,31 @@ func TestStaleWillIgnored(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestWillsOnBrokerTopicsDropped: a will on a session's req topic or on a
+// notify topic is dropped, not forwarded raw to subscribers (mochi sends
+// wills past the publish hooks) nor taken as a notification.
+func TestWillsOnBrokerTopicsDropped(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	url := "tcp://" + b.Addrs().MQTT
+	for _, tt := range []struct{ user, role, topic, payload, watcher, watch string }{
+		{"alice", "device", "sessions/alice/car/req", `{"id":1,"op":"begin"}`, "alice", "sessions/alice/#"},
+		{"app", "service", "tether/notify/alice/car", `{"data":"from a will"}`, "ops", "tether/#"},
+	} {
+		heard := brokertest.NewMessages(4)
+		role := map[string]auth.Role{"alice": auth.RoleDevice, "ops": auth.RoleService}[tt.watcher]
+		watcher := brokertest.MustConnect(t, brokertest.ClientOptions(url, tt.watcher, brokertest.Token(t, b, tt.watcher, role)))
+		require.NoError(t, brokertest.Wait(watcher.Subscribe(tt.watch, 1, heard.Handler)))
+		proxy := brokertest.NewProxy(t, b.Addrs().MQTT)
+		brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+proxy.Addr(), tt.user, brokertest.Token(t, b, tt.user, auth.Role(tt.role))).
+			SetWill(tt.topic, tt.payload, 1, false))
+		proxy.Close() // no DISCONNECT: the will is due
+		heard.None(t, 300*time.Millisecond)
+		out, err := b.Outq("alice", "car", 0)
+		require.NoError(t, err)
+		require.Empty(t, out, tt.topic)
+	}
+}
+
 func TestPresenceRetained(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Config(t))
 	url := "tcp://" + b.Addrs().MQTT
