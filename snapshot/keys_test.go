@@ -121,3 +121,32 @@ func TestNewKeyLine(t *testing.T) {
 	_, err = s.Open(text, "alice", "main")
 	require.NoError(t, err)
 }
+
+// FuzzParseKeys: a keys file either is refused with an error or reads
+// keys with an id of 1-maxKeyID bytes that read back the same from
+// "ID:HEX" lines.
+func FuzzParseKeys(f *testing.F) {
+	line, err := NewKeyLine("k1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{line, line + "\n# old\n" + line, "k1:" + strings.Repeat("0", 64) + ",k2:" + strings.Repeat("f", 64), "k1:abc", ":" + strings.Repeat("0", 64), "", "# only a comment"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		keys, err := ParseKeys(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		require.NotEmpty(t, keys)
+		var b strings.Builder
+		for _, k := range keys {
+			require.NotEmpty(t, k.ID)
+			require.LessOrEqual(t, len(k.ID), maxKeyID)
+			b.WriteString(k.ID + ":" + hex.EncodeToString(k.Secret[:]) + "\n")
+		}
+		again, err := ParseKeys(strings.NewReader(b.String()))
+		require.NoError(t, err, "%q", b.String())
+		require.Equal(t, keys, again)
+	})
+}

@@ -245,12 +245,21 @@ func applyFile(fs *flag.FlagSet, path string, fromFlags map[string]bool) error {
 	if err := yaml.Unmarshal(data, &m); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
-	for key, v := range m {
+	keys := map[string]string{} // flag name -> the file's key for it
+	for key := range m {
 		name := strings.ReplaceAll(key, "_", "-")
 		f := fs.Lookup(name)
 		if f == nil || name == "config" {
 			return fmt.Errorf("config file %s: unknown setting %q", path, key)
 		}
+		if other, dup := keys[name]; dup {
+			return fmt.Errorf("config file %s: %q and %q are the same setting: keep one", path, min(key, other), max(key, other))
+		}
+		keys[name] = key
+	}
+	for key, v := range m {
+		name := strings.ReplaceAll(key, "_", "-")
+		f := fs.Lookup(name)
 		if fromFlags[name] {
 			continue
 		}
@@ -359,8 +368,15 @@ func (v rulesValue) String() string {
 		return ""
 	}
 	parts := make([]string, len(*v.p))
-	for i, r := range *v.p {
-		parts[i] = fmt.Sprintf("%s=%s/%s/%s", r.Pattern, r.Policy.Mode, r.Policy.Window, r.Policy.Liveness)
+	for i, r := range *v.p { // as Set reads it: unset fields left out
+		fields := []string{string(r.Policy.Mode), "", ""}
+		if r.Policy.Window > 0 {
+			fields[1] = r.Policy.Window.String()
+		}
+		if r.Policy.Liveness > 0 {
+			fields[2] = r.Policy.Liveness.String()
+		}
+		parts[i] = r.Pattern + "=" + strings.TrimRight(strings.Join(fields, "/"), "/")
 	}
 	return strings.Join(parts, ",")
 }
@@ -401,7 +417,7 @@ func (v rulesValue) Set(s string) error {
 			}
 		}
 		check := r
-		if check.Policy.Liveness == 0 { // unset: filled from --liveness after parsing
+		if len(fields) < 3 || fields[2] == "" { // unset: filled from --liveness after parsing
 			check.Policy.Liveness = time.Second
 		}
 		if err := check.Validate(); err != nil {
@@ -446,8 +462,12 @@ func (v queueRulesValue) String() string {
 		return ""
 	}
 	parts := make([]string, len(*v.p))
-	for i, r := range *v.p {
-		parts[i] = fmt.Sprintf("%s=%d/%d/%s", r.Pattern, r.Limits.MaxMessages, r.Limits.MaxBytes, r.Limits.Policy)
+	for i, r := range *v.p { // as Set reads it: unset fields left out
+		fields := []string{strconv.Itoa(r.Limits.MaxMessages), "", string(r.Limits.Policy)}
+		if r.Limits.MaxBytes > 0 {
+			fields[1] = strconv.Itoa(r.Limits.MaxBytes)
+		}
+		parts[i] = r.Pattern + "=" + strings.TrimRight(strings.Join(fields, "/"), "/")
 	}
 	return strings.Join(parts, ",")
 }
