@@ -295,6 +295,7 @@ func (b *Broker) Close() error {
 			b.wg.Wait()
 		}
 		b.registry.Close()
+		b.delivery.close()
 		if b.httpSrv != nil {
 			_ = b.httpSrv.Shutdown(ctx)
 		}

@@ -45,6 +45,17 @@ type delivery struct {
 	mu      sync.Mutex
 	cursor  map[string]*cursor  // by "user/session": the last seq sent to the current instance
 	pumping map[string]*pumpDue // sessions with a kicked pump running: what it has yet to do
+	closed  bool                // no pump starts any more (see close)
+	pumps   sync.WaitGroup      // the running pumps
+}
+
+// close stops pumps from starting and waits for the running ones, which
+// read the store: the broker calls it before closing the store.
+func (d *delivery) close() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.pumps.Wait()
 }
 
 type cursor struct {
@@ -406,9 +417,14 @@ func (d *delivery) schedule(user, session string, read bool, offered []queues.En
 		due.offered = append(due.offered, offered...)
 		return
 	}
+	if d.closed {
+		return
+	}
 	due := &pumpDue{}
 	d.pumping[key] = due
+	d.pumps.Add(1)
 	go func() {
+		defer d.pumps.Done()
 		reserveStack16K(0)
 		for {
 			d.pumpDue(user, session, read, offered)
