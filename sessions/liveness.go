@@ -42,7 +42,9 @@ func (r *Registry) unattachLocked(e *entry) {
 // reattach moves a current instance that came back on a new connection
 // (after a reconnect) to conn, and marks it online again if it was detached.
 func (r *Registry) reattach(e *entry, conn Conn, now time.Time) error {
-	if e.conn == conn && e.s.State == StateActive {
+	if e.s.State == StateActive && (e.conn == conn || conn < e.conn) {
+		// Attached here, or a late request from an older connection (one
+		// the device left for the newer, which it would be detached with).
 		return nil
 	}
 	if e.s.State != StateActive {

@@ -54,3 +54,34 @@ func TestConcurrentFirstLoadsShareOneEntry(t *testing.T) {
 	require.Len(t, s.Phase, callers, "every change kept")
 	require.Empty(t, r.loading)
 }
+
+// TestLateRequestFromOlderConnection: a request that arrives on the
+// connection the device has left (a retry sent on both) does not move the
+// instance back to it, so that connection's end does not detach a
+// session that is live on the newer one.
+func TestLateRequestFromOlderConnection(t *testing.T) {
+	pcfg := persistence.DefaultConfig()
+	pcfg.Dir, pcfg.Logger = t.TempDir(), slog.New(slog.DiscardHandler)
+	st, err := persistence.Open(pcfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	r, err := New(DefaultConfig(), st, nopOutbox{})
+	require.NoError(t, err)
+	t.Cleanup(r.Close)
+
+	b, err := r.Begin("alice", "kitchen", 1)
+	require.NoError(t, err)
+	ping := func(conn Conn) {
+		t.Helper()
+		require.NoError(t, r.Exec("alice", "kitchen", conn, b.Nonce, func(persistence.Txn, *Session) (Change, error) { return Change{}, nil }))
+	}
+	ping(2) // the device reconnected
+	ping(1) // a late copy from the old connection
+	r.Disconnected(1)
+	e, err := r.load("alice", "kitchen")
+	require.NoError(t, err)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	require.Equal(t, StateActive, e.s.State)
+	require.Equal(t, Conn(2), e.conn)
+}
