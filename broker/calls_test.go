@@ -691,3 +691,25 @@ func TestCallPanicsAreContained(t *testing.T) {
 	require.NoError(t, err)
 	require.JSONEq(t, `3`, string(sess.Memento))
 }
+
+// TestCallHandlerChoosesCode: a handler may fail with a code of the closed
+// set; one outside it reaches the device as bad_request, with its message.
+func TestCallHandlerChoosesCode(t *testing.T) {
+	b, _, token := startShop(t, brokertest.Config(t))
+	b.Handle("fail", func(_ context.Context, c *nonce.Call) (any, error) {
+		return nil, wire.Errorf(wire.Code(c.Args[1:len(c.Args)-1]), "no %s", c.Args)
+	})
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	for _, tt := range []struct {
+		code string
+		want wire.Code
+	}{{"forbidden", wire.CodeForbidden}, {"queue_full", wire.CodeQueueFull}, {"out_of_stock", wire.CodeBadRequest}} {
+		_, err := d.Call(ctx(t), "fail", tt.code, nil)
+		var we *client.Error
+		require.ErrorAs(t, err, &we, tt.code)
+		require.Equal(t, tt.want, we.Code, tt.code)
+		require.Contains(t, we.Message, tt.code)
+	}
+}

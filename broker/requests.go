@@ -219,8 +219,8 @@ func (h *sessionHook) wireError(err error, user, name, op string) *wire.Error {
 		h.log.Error("call handler panicked", "session", user+"/"+name, "method", he.Method, "panic", he.Err, "stack", string(he.Stack))
 		return wire.Errorf(wire.CodeInternal, "%s failed inside the application; nothing was committed", he.Method)
 	case errors.As(err, &he):
-		var app *wire.Error // a handler may choose its code
-		if errors.As(he.Err, &app) {
+		var app *wire.Error // a handler may choose its code, within the closed set
+		if errors.As(he.Err, &app) && app.Code.Known() {
 			return app
 		}
 		code := wire.CodeBadRequest

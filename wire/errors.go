@@ -16,6 +16,16 @@ const (
 	CodeInternal       Code = "internal"
 )
 
+// Known reports whether c is one of the closed set.
+func (c Code) Known() bool {
+	switch c {
+	case CodeBadRequest, CodeUnauthorized, CodeForbidden, CodeStaleNonce, CodeSessionBusy,
+		CodeSessionExpired, CodeUnknownMethod, CodeQueueFull, CodeTooLarge, CodeInternal:
+		return true
+	}
+	return false
+}
+
 // Error is the error member of a reply.
 type Error struct {
 	Code    Code   `json:"code"`
