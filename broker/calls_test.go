@@ -713,3 +713,36 @@ func TestCallHandlerChoosesCode(t *testing.T) {
 		require.Contains(t, we.Message, tt.code)
 	}
 }
+
+// TestCallReplyRetention: replies are kept for the last RepliesKept seqs,
+// also when a device skips seqs: a call after a gap forgets every reply
+// that fell out of the window, and a retry of one is refused, not re-run.
+func TestCallReplyRetention(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.RepliesKept = 3
+	b, s, token := startShop(t, cfg)
+	r := raw(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
+	nonce := decode[client.Begun](t, r.send(t, `"b"`, `{"id":"b","op":"begin"}`).OK).Nonce
+	kept := func() []uint64 {
+		var seqs []uint64
+		for seq := uint64(1); seq <= 20; seq++ {
+			_, ok, err := b.StoredReply("alice", "shop", seq)
+			require.NoError(t, err)
+			if ok {
+				seqs = append(seqs, seq)
+			}
+		}
+		return seqs
+	}
+	for _, seq := range []uint64{1, 2, 3, 4} {
+		require.Nil(t, r.send(t, `"c"`, callPayload(`"c"`, nonce, seq, "buy", `{}`)).Error)
+	}
+	require.Equal(t, []uint64{2, 3, 4}, kept())
+	require.Nil(t, r.send(t, `"c"`, callPayload(`"c"`, nonce, 10, "buy", `{}`)).Error)
+	require.Equal(t, []uint64{10}, kept(), "after the gap only seqs 8-10 may be kept")
+	res := r.send(t, `"c"`, callPayload(`"c"`, nonce, 4, "buy", `{}`))
+	require.NotNil(t, res.Error)
+	require.Equal(t, wire.CodeBadRequest, res.Error.Code)
+	require.Contains(t, res.Error.Message, "no longer kept")
+	require.Equal(t, int64(5), s.runs.Load(), "nothing ran twice")
+}

@@ -131,7 +131,7 @@ func Execute(ctx context.Context, tx persistence.Txn, user, session string, last
 	if err != nil {
 		return Outcome{}, err
 	}
-	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, Args: sum[:], OK: raw, At: now}, keep); err != nil {
+	if err := putReply(tx, user, session, Reply{Seq: req.Seq, Method: req.Method, Args: sum[:], OK: raw, At: now}, keep, lastSeq); err != nil {
 		return Outcome{}, err
 	}
 	return Outcome{Reply: raw, Phase: c.phase, Memento: req.Memento, After: c.after}, nil

@@ -7,6 +7,7 @@
 package nonce
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,8 +44,12 @@ func GetReply(tx persistence.Txn, user, session string, seq uint64) (Reply, bool
 	return r, true, nil
 }
 
-// putReply stores r and forgets the reply keep seqs older (bounded retention).
-func putReply(tx persistence.Txn, user, session string, r Reply, keep uint64) error {
+// putReply stores r and forgets the replies keep seqs older or more
+// (bounded retention). lastSeq is the session's last call seq before r:
+// a call right after it drops one reply, a call after a gap in the seqs
+// (or after RepliesKept was lowered, seen at the next gap) every reply
+// that fell out of the window.
+func putReply(tx persistence.Txn, user, session string, r Reply, keep, lastSeq uint64) error {
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -53,8 +58,26 @@ func putReply(tx persistence.Txn, user, session string, r Reply, keep uint64) er
 	if err := tx.Set(persistence.Uint64Key(prefix, r.Seq), v); err != nil {
 		return err
 	}
-	if r.Seq > keep {
-		return tx.Delete(persistence.Uint64Key(prefix, r.Seq-keep))
+	if r.Seq <= keep {
+		return nil
 	}
-	return nil
+	oldest := r.Seq - keep // the newest seq whose reply goes
+	if r.Seq == lastSeq+1 {
+		return tx.Delete(persistence.Uint64Key(prefix, oldest))
+	}
+	var gone [][]byte
+	err = tx.Scan(prefix, nil, func(k, _ []byte) (bool, error) {
+		seq, err := persistence.Uint64Suffix(k)
+		if err != nil || seq > oldest {
+			return false, err
+		}
+		gone = append(gone, bytes.Clone(k)) // k is the iterator's, valid only until the next key
+		return true, nil
+	})
+	for _, k := range gone {
+		if err == nil {
+			err = tx.Delete(k)
+		}
+	}
+	return err
 }
