@@ -90,3 +90,6 @@ func (b *Broker) NotifyRun(user, session string, ms []queues.Message) error {
 
 // StoreStats reports the store's commits and sync rounds so far.
 func (b *Broker) StoreStats() (commits, syncs uint64) { return b.store.Stats() }
+
+// Cursors is how many sessions hold a delivery cursor.
+func (b *Broker) Cursors() int { return b.delivery.cursors() }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -443,6 +444,45 @@ func (d *delivery) schedule(user, session string, read bool, offered []queues.En
 	}()
 }
 
+// dropCursor forgets the cursor of key, a session attached to no
+// connection: nothing is in flight to anyone, and the next begin starts
+// from acked. A cursor that a begin holds (locked) stays: it is that begin's.
+func (d *delivery) dropCursor(key string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c, ok := d.cursor[key]; ok && c.mu.TryLock() {
+		if !c.hold {
+			delete(d.cursor, key)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// pruneCursors drops the cursors of sessions attached to no connection
+// (a session that detached with no pump after it kept its cursor), so
+// that they do not pile up with every session ever delivered to.
+func (d *delivery) pruneCursors() {
+	d.mu.Lock()
+	keys := make([]string, 0, len(d.cursor))
+	for k := range d.cursor {
+		keys = append(keys, k)
+	}
+	d.mu.Unlock()
+	for _, k := range keys {
+		user, session, _ := strings.Cut(k, "/")
+		if d.registry.AttachedConn(user, session) == 0 {
+			d.dropCursor(k)
+		}
+	}
+}
+
+// cursors is how many sessions have a delivery cursor.
+func (d *delivery) cursors() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.cursor)
+}
+
 // pump publishes the next entries of user/session to its device, up to the
 // window, if its instance is attached. Pumps of one session are serialised.
 func (d *delivery) pump(user, session string) { d.pumpDue(user, session, true, nil) }
@@ -453,16 +493,7 @@ func (d *delivery) pumpDue(user, session string, read bool, offered []queues.Ent
 	key := user + "/" + session
 	conn := d.registry.AttachedConn(user, session)
 	if conn == 0 {
-		// Nothing in flight to anyone: the next begin starts from acked. A
-		// cursor that a begin holds (locked) stays: it is that begin's.
-		d.mu.Lock()
-		if c, ok := d.cursor[key]; ok && c.mu.TryLock() {
-			if !c.hold {
-				delete(d.cursor, key)
-			}
-			c.mu.Unlock()
-		}
-		d.mu.Unlock()
+		d.dropCursor(key)
 		return
 	}
 	c := d.cursorFor(key)
@@ -567,6 +598,7 @@ func (d *delivery) expireLoop(ctx context.Context, every time.Duration) {
 			}
 			d.expire(k[0], k[1])
 		}
+		d.pruneCursors()
 	}
 }
 

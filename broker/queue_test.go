@@ -613,3 +613,33 @@ func TestSyncDelayReachesTheStore(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, entries, 3)
 }
+
+// TestCursorsOfGoneDevicesPruned: the delivery cursors of sessions whose
+// devices have gone are dropped by the periodic sweep, so they do not
+// pile up with every session ever delivered to.
+func TestCursorsOfGoneDevicesPruned(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.Sessions.SweepInterval = 50 * time.Millisecond
+	b := brokertest.Start(t, cfg)
+	url := "tcp://" + b.Addrs().MQTT
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	var devices []*client.Client
+	for i := range 5 {
+		name := fmt.Sprintf("s%d", i)
+		d := device(t, url, "alice", token, name)
+		_, err := d.Begin(ctx(t))
+		require.NoError(t, err)
+		_, err = b.Notify("alice", name, i)
+		require.NoError(t, err)
+		receive(t, d, 1)
+		devices = append(devices, d)
+	}
+	require.Equal(t, 5, b.Cursors())
+	devices[0].Close()
+	devices[1].Close()
+	brokertest.WaitFor(t, 3*time.Second, "the cursors of the two gone devices to go", func() bool { return b.Cursors() == 3 })
+	_, err := b.Notify("alice", "s2", "still served")
+	require.NoError(t, err)
+	_, data := receive(t, devices[2], 1)
+	require.Equal(t, []string{`"still served"`}, data)
+}
