@@ -51,6 +51,8 @@ var ErrNoNotifier = errors.New("nonce: this call cannot notify")
 // (0 when the queue's drop_newest policy dropped it). A refusal (the
 // reject policy's queue full, a value too large) changes nothing: the
 // handler returns the error to abort the call, or goes on without it.
+// Like the rest of the Call, it may be used only while the handler runs,
+// from the handler's goroutine.
 func (c *Call) Notify(session string, data any) (uint64, error) {
 	if c.notify == nil {
 		return 0, ErrNoNotifier
