@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -60,9 +61,10 @@ func (c *calls) lookup(method string) (nonce.Handler, bool) {
 // the caller's user) — commits atomically with the call's memento and
 // reply, and AfterCommit runs only once it has.
 //
-// A handler runs holding its session: it must not use the Broker's own
-// session API on it (Notify, Enqueue, LimitQueue, Sessions().Get), which
-// would wait for the session forever. Call.Notify is the way to notify
+// A handler runs holding its session, and every session it notified with
+// Call.Notify: it must not use the Broker's own session API on them
+// (Notify, Enqueue, LimitQueue, Sessions().Get), which would wait for the
+// session forever. Call.Notify is the way to notify
 // from a handler; other users' sessions are reached from AfterCommit.
 func (b *Broker) Handle(method string, h nonce.Handler) {
 	b.calls.mu.Lock()
@@ -142,7 +144,11 @@ func (c *calls) notifier(j *sessions.Joint) nonce.Notifier {
 			return r.change(), err
 		})
 		if err != nil {
-			c.delivery.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
+			code := queueErrorCode(err)
+			if code == wire.CodeInternal && !errors.Is(err, sessions.ErrJointEnded) {
+				j.Abort(err) // it may have written part of the entry: the call cannot commit
+			}
+			c.delivery.metrics.rejected.WithLabelValues(string(code)).Inc()
 			return 0, fmt.Errorf("notify %s: %w", session, err)
 		}
 		call.AfterCommit(func() {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/f47fa0da/tether/internal/brokertest"
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/queues"
+	"github.com/f47fa0da/tether/sessions"
 	"github.com/f47fa0da/tether/wire"
 )
 
@@ -185,4 +187,38 @@ func TestCallNotifiesAcrossSessions(t *testing.T) {
 		}
 		require.True(t, slices.IsSorted(seqs) && seqs[0] == 1 && seqs[len(seqs)-1] == 3*each, "%s: seqs %v", name, seqs)
 	}
+}
+
+// TestCallNotifyAfterItsCall: Call.Notify used after the call committed
+// (from AfterCommit) fails and changes nothing; the session it named is
+// not left locked.
+func TestCallNotifyAfterItsCall(t *testing.T) {
+	b, _, token := startShop(t, brokertest.Config(t))
+	late := make(chan error, 1)
+	b.Handle("late", func(_ context.Context, c *nonce.Call) (any, error) {
+		c.AfterCommit(func() {
+			_, err := c.Notify("hall", "late")
+			late <- err
+		})
+		return "ok", nil
+	})
+	kitchen := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "kitchen")
+	_, err := kitchen.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = kitchen.Call(ctx(t), "late", nil, nil)
+	require.NoError(t, err)
+	require.ErrorIs(t, <-late, sessions.ErrJointEnded)
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Notify("alice", "hall", "after")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("alice/hall was left locked")
+	}
+	require.Equal(t, []string{`"after"`}, queued(t, b, "alice", "hall"))
 }

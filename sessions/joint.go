@@ -1,6 +1,8 @@
 package sessions
 
 import (
+	"errors"
+
 	"github.com/f47fa0da/tether/persistence"
 )
 
@@ -16,6 +18,7 @@ import (
 type Joint struct {
 	r    *Registry
 	user string
+	name string // the running session's
 	self *entry
 	tx   persistence.Txn
 	s    *Session // the running session's copy, as fn changes it
@@ -23,6 +26,20 @@ type Joint struct {
 	held map[string]*joined
 	// order lists held in the order they were locked.
 	order []*joined
+	err   error // set by Abort: the transaction fails with it
+	ended bool  // the transaction is over: Update refuses
+}
+
+// ErrJointEnded is Update after the function it was passed to returned.
+var ErrJointEnded = errors.New("sessions: the transaction of this call has ended")
+
+// Abort makes the running transaction fail with err whatever the running
+// function returns: for an Update whose fn failed after writing part of
+// its change to tx, which must not commit.
+func (j *Joint) Abort(err error) {
+	if j.err == nil {
+		j.err = err
+	}
 }
 
 // joined is a session locked by a Joint and its copy in the transaction.
@@ -45,7 +62,10 @@ func (o *joined) writes() bool { return o.changed || (o.used && unstored(o.e)) }
 // What fn changes is kept only if fn succeeds, and written when the
 // running function returns.
 func (j *Joint) Update(name string, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
-	if name == j.self.s.Name {
+	if j.ended {
+		return ErrJointEnded
+	}
+	if name == j.name {
 		ns := *j.s
 		ch, err := fn(j.tx, &ns)
 		if err != nil {
@@ -82,7 +102,7 @@ func (j *Joint) Update(name string, fn func(tx persistence.Txn, s *Session) (Cha
 // begin resets the Joint for an attempt of the running function (a
 // conflict retries it): copies afresh, sessions already locked kept.
 func (j *Joint) begin(tx persistence.Txn, s *Session) {
-	j.tx, j.s, j.ch = tx, s, Change{}
+	j.tx, j.s, j.ch, j.err = tx, s, Change{}, nil
 	for _, o := range j.order {
 		o.s, o.head, o.events, o.changed, o.used = o.e.s, o.e.head, nil, false, false
 	}
@@ -111,5 +131,5 @@ func (j *Joint) end(d persistence.Durable, err error) {
 		}
 		o.e.mu.Unlock()
 	}
-	j.held, j.order = nil, nil
+	j.held, j.order, j.ended = nil, nil, true
 }

@@ -150,13 +150,20 @@ func (r *Registry) startTimers(e *entry) {
 			e.mu.Unlock()
 			return
 		}
-		user, name, t, d := e.s.User, e.s.Name, e.s.tick(r.now()), e.durable
 		e.ticker.Reset(r.cfg.TickInterval)
+		d := e.durable
 		e.mu.Unlock()
 		// A tick tells only what is durable: the phase of a call whose
-		// commit is still waiting for its sync round is not.
-		if d.Wait() == nil {
-			r.out.Tick(user, name, t)
+		// commit is still waiting for its sync round is not. Meanwhile the
+		// session may have changed (expired, detached): the tick is built
+		// after the wait, and skipped if anything was committed since.
+		if d.Wait() != nil {
+			return
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.ticker != nil && e.conn != 0 && e.s.State == StateActive && e.durable == d {
+			r.out.Tick(e.s.User, e.s.Name, e.s.tick(r.now()))
 		}
 	}
 	e.ticker = time.AfterFunc(r.cfg.TickInterval, tick)

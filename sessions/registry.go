@@ -367,7 +367,7 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 			return err
 		}
 		e.s.LastSeen = now
-		j := &Joint{r: r, user: user, self: e}
+		j := &Joint{r: r, user: user, name: name, self: e}
 		return r.commitJoint(e, j, fn)
 	})
 	if mu != nil {
@@ -415,6 +415,9 @@ func (r *Registry) commitJoint(e *entry, j *Joint, fn func(tx persistence.Txn, s
 		var err error
 		if ch, err = fn(tx, &ns, j); err != nil {
 			return err
+		}
+		if j.err != nil {
+			return j.err
 		}
 		ch.Changed = ch.Changed || j.ch.Changed
 		ch.Events = append(ch.Events, j.ch.Events...)
