@@ -39,6 +39,7 @@ func (h *access) ID() string { return "tether-access" }
 func (h *access) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnDisconnect,
+		mqtt.OnSessionEstablish,
 	}, []byte{b})
 }
 
