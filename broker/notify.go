@@ -124,7 +124,7 @@ func (d *delivery) notifyMatching(user, target string, m queues.Message) (int, e
 		return 0, werr
 	}
 	for _, name := range notified {
-		d.pump(user, name)
+		d.kick(user, name)
 	}
 	return len(notified), err
 }

@@ -149,7 +149,7 @@ func (d *delivery) enqueue(user, session string, m queues.Message) (queues.Entry
 	if err != nil {
 		return queues.Entry{}, err
 	}
-	d.pump(user, session)
+	d.kick(user, session) // in the background, counted by close
 	return entry, nil
 }
 
