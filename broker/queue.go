@@ -43,11 +43,12 @@ type delivery struct {
 	// counted as sent but never published.
 	lose func(seq uint64) bool
 
-	mu      sync.Mutex
-	cursor  map[string]*cursor  // by "user/session": the last seq sent to the current instance
-	pumping map[string]*pumpDue // sessions with a kicked pump running: what it has yet to do
-	closed  bool                // no pump starts any more (see close)
-	pumps   sync.WaitGroup      // the running pumps
+	mu       sync.Mutex
+	cursor   map[string]*cursor  // by "user/session": the last seq sent to the current instance
+	pumping  map[string]*pumpDue // sessions with a kicked pump running: what it has yet to do
+	expiring map[string]bool     // sessions an expireSoon is removing expired entries of
+	closed   bool                // no pump starts any more (see close)
+	pumps    sync.WaitGroup      // the running pumps
 }
 
 // close stops pumps from starting and waits for the running ones, which
@@ -518,12 +519,18 @@ func (d *delivery) pumpDue(user, session string, read bool, offered []queues.Ent
 	if !read && d.sendOffered(c, topic, offered, now) {
 		return
 	}
-	var entries []queues.Entry
+	var (
+		entries []queues.Entry
+		expired int
+	)
 	err := d.store.View(func(tx persistence.Txn) error {
 		var err error
-		c.sent, c.acked, entries, err = queues.ReadWindow(tx, user, session, c.sent, d.window, now)
+		c.sent, c.acked, entries, expired, err = queues.ReadWindow(tx, user, session, c.sent, d.window, now)
 		return err
 	})
+	if expired > 0 {
+		d.expireSoon(user, session)
+	}
 	if err != nil {
 		c.known = false
 		d.out.log.Error("read queue", "session", key, "error", err)
@@ -600,6 +607,30 @@ func (d *delivery) expireLoop(ctx context.Context, every time.Duration) {
 		}
 		d.pruneCursors()
 	}
+}
+
+// expireSoon removes user/session's expired entries in the background
+// (tracked like a pump): a read passed over them, and every read until the
+// sweep would pass over them again.
+func (d *delivery) expireSoon(user, session string) {
+	key := user + "/" + session
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.expiring[key] {
+		return
+	}
+	if d.expiring == nil {
+		d.expiring = map[string]bool{}
+	}
+	d.expiring[key] = true
+	d.pumps.Add(1)
+	go func() {
+		defer d.pumps.Done()
+		d.expire(user, session)
+		d.mu.Lock()
+		delete(d.expiring, key)
+		d.mu.Unlock()
+	}()
 }
 
 func (d *delivery) expire(user, session string) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -642,4 +643,33 @@ func TestCursorsOfGoneDevicesPruned(t *testing.T) {
 	require.NoError(t, err)
 	_, data := receive(t, devices[2], 1)
 	require.Equal(t, []string{`"still served"`}, data)
+}
+
+// TestReadPastExpiredEntriesRemovesThem: entries whose TTL passed while
+// the device was away are removed (and journaled as expired) as soon as a
+// delivery passes over them, not only at the next sweep.
+func TestReadPastExpiredEntriesRemovesThem(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.Sessions.SweepInterval = time.Hour
+	b := brokertest.Start(t, cfg)
+	for i := range 3 {
+		_, err := b.Enqueue("alice", "radio", queues.Message{Data: json.RawMessage(strconv.Itoa(i)), TTL: 50 * time.Millisecond})
+		require.NoError(t, err)
+	}
+	_, err := b.Notify("alice", "radio", "stays")
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond) // the three expire
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", brokertest.Token(t, b, "alice", auth.RoleDevice), "radio")
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	seqs, data := receive(t, d, 1)
+	require.Equal(t, []uint64{4}, seqs)
+	require.Equal(t, []string{`"stays"`}, data)
+	brokertest.WaitFor(t, 3*time.Second, "the expired entries to go", func() bool {
+		out, err := b.Outq("alice", "radio", 0)
+		require.NoError(t, err)
+		return len(out) == 1
+	})
+	require.Equal(t, []string{"drop:expired", "drop:expired", "drop:expired"},
+		slices.DeleteFunc(journal(t, b, "alice", "radio"), func(k string) bool { return !strings.HasPrefix(k, "drop") }))
 }

@@ -142,7 +142,7 @@ func TestReadWindowKeepsAtMostWindowUnacked(t *testing.T) {
 		var es []queues.Entry
 		require.NoError(t, s.View(func(tx persistence.Txn) error {
 			var err error
-			sent, acked, es, err = queues.ReadWindow(tx, user, sess, sent, 4, t0)
+			sent, acked, es, _, err = queues.ReadWindow(tx, user, sess, sent, 4, t0)
 			return err
 		}))
 		return sent, seqs(es)
@@ -183,7 +183,9 @@ func TestAckPastAnExpiredEntryDropsIt(t *testing.T) {
 	var got []queues.Entry
 	require.NoError(t, s.View(func(tx persistence.Txn) error {
 		var err error
-		_, _, got, err = queues.ReadWindow(tx, user, sess, 0, 64, later)
+		var expired int
+		_, _, got, expired, err = queues.ReadWindow(tx, user, sess, 0, 64, later)
+		require.Equal(t, 1, expired)
 		return err
 	}))
 	require.Len(t, got, 1)
