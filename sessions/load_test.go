@@ -15,11 +15,9 @@ type nopOutbox struct{}
 func (nopOutbox) Tick(string, string, Tick)         {}
 func (nopOutbox) Presence(string, string, Presence) {}
 
-// TestConcurrentFirstLoadsShareOneEntry has many callers touch a session
-// that is not in memory at once (the store read runs outside the
-// registry's lock): they all get the one entry, so no change is lost to a
-// second copy of the record.
-func TestConcurrentFirstLoadsShareOneEntry(t *testing.T) {
+// newTestRegistry returns a registry over a store in t.TempDir().
+func newTestRegistry(t *testing.T) *Registry {
+	t.Helper()
 	pcfg := persistence.DefaultConfig()
 	pcfg.Dir, pcfg.Logger = t.TempDir(), slog.New(slog.DiscardHandler)
 	st, err := persistence.Open(pcfg)
@@ -28,6 +26,15 @@ func TestConcurrentFirstLoadsShareOneEntry(t *testing.T) {
 	r, err := New(DefaultConfig(), st, nopOutbox{})
 	require.NoError(t, err)
 	t.Cleanup(r.Close)
+	return r
+}
+
+// TestConcurrentFirstLoadsShareOneEntry has many callers touch a session
+// that is not in memory at once (the store read runs outside the
+// registry's lock): they all get the one entry, so no change is lost to a
+// second copy of the record.
+func TestConcurrentFirstLoadsShareOneEntry(t *testing.T) {
+	r := newTestRegistry(t)
 
 	const callers = 32
 	var (
@@ -60,14 +67,7 @@ func TestConcurrentFirstLoadsShareOneEntry(t *testing.T) {
 // instance back to it, so that connection's end does not detach a
 // session that is live on the newer one.
 func TestLateRequestFromOlderConnection(t *testing.T) {
-	pcfg := persistence.DefaultConfig()
-	pcfg.Dir, pcfg.Logger = t.TempDir(), slog.New(slog.DiscardHandler)
-	st, err := persistence.Open(pcfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	r, err := New(DefaultConfig(), st, nopOutbox{})
-	require.NoError(t, err)
-	t.Cleanup(r.Close)
+	r := newTestRegistry(t)
 
 	b, err := r.Begin("alice", "kitchen", 1)
 	require.NoError(t, err)

@@ -368,7 +368,7 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 		}
 		e.s.LastSeen = now
 		j := &Joint{r: r, user: user, name: name, self: e}
-		return r.commitJoint(e, j, fn)
+		return r.commitJoint(e, false, j, fn)
 	})
 	if mu != nil {
 		mu.Unlock()
@@ -381,29 +381,13 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 // record and its events. It does not wait for durability: with does,
 // after unlocking e.
 func (r *Registry) commitFn(e *entry, store bool, fn func(tx persistence.Txn, s *Session) (Change, error)) error {
-	var (
-		ns   Session
-		ch   Change
-		head journalHead
-	)
-	d, err := r.store.Commit(func(tx persistence.Txn) error {
-		ns, head = e.s, e.head // afresh on every attempt: a conflict retries this function
-		var err error
-		if ch, err = fn(tx, &ns); err != nil || !(ch.Changed || store) {
-			return err
-		}
-		return r.write(tx, &ns, ch.Events, &head)
-	})
-	e.durable = e.durable.Join(d)
-	if err == nil && (ch.Changed || store) {
-		e.s, e.head = ns, head
-	}
-	return err
+	return r.commitJoint(e, store, nil, func(tx persistence.Txn, s *Session, _ *Joint) (Change, error) { return fn(tx, s) })
 }
 
-// commitJoint is commitFn for an ExecLocked function, with the sessions
-// it joins written in the same transaction and unlocked after it.
-func (r *Registry) commitJoint(e *entry, j *Joint, fn func(tx persistence.Txn, s *Session, j *Joint) (Change, error)) error {
+// commitJoint is commitFn for a function that may join other sessions
+// through j (nil: it joins none); those are written in the same
+// transaction and unlocked after it.
+func (r *Registry) commitJoint(e *entry, store bool, j *Joint, fn func(tx persistence.Txn, s *Session, j *Joint) (Change, error)) error {
 	var (
 		ns   Session
 		ch   Change
@@ -411,27 +395,33 @@ func (r *Registry) commitJoint(e *entry, j *Joint, fn func(tx persistence.Txn, s
 	)
 	d, err := r.store.Commit(func(tx persistence.Txn) error {
 		ns, head = e.s, e.head // afresh on every attempt: a conflict retries this function
-		j.begin(tx, &ns)
+		if j != nil {
+			j.begin(tx, &ns)
+		}
 		var err error
 		if ch, err = fn(tx, &ns, j); err != nil {
 			return err
 		}
-		if j.err != nil {
-			return j.err
+		if j != nil {
+			if j.err != nil {
+				return j.err
+			}
+			ch.Changed = ch.Changed || j.ch.Changed
+			ch.Events = append(ch.Events, j.ch.Events...)
+			if err := j.write(tx); err != nil {
+				return err
+			}
 		}
-		ch.Changed = ch.Changed || j.ch.Changed
-		ch.Events = append(ch.Events, j.ch.Events...)
-		if err := j.write(tx); err != nil {
-			return err
-		}
-		if !ch.Changed {
+		if !(ch.Changed || store) {
 			return nil
 		}
 		return r.write(tx, &ns, ch.Events, &head)
 	})
-	j.end(d, err)
+	if j != nil {
+		j.end(d, err)
+	}
 	e.durable = e.durable.Join(d)
-	if err == nil && ch.Changed {
+	if err == nil && (ch.Changed || store) {
 		e.s, e.head = ns, head
 	}
 	return err
