@@ -64,8 +64,8 @@ func (c *calls) lookup(method string) (nonce.Handler, bool) {
 // A handler runs holding its session, and every session it notified with
 // Call.Notify: it must not use the Broker's own session API on them
 // (Notify, Enqueue, LimitQueue, Sessions().Get), which would wait for the
-// session forever. Call.Notify is the way to notify
-// from a handler; other users' sessions are reached from AfterCommit.
+// session forever. Call.Notify is the way to notify from a handler;
+// other users' sessions are reached from AfterCommit.
 func (b *Broker) Handle(method string, h nonce.Handler) {
 	b.calls.mu.Lock()
 	defer b.calls.mu.Unlock()
@@ -151,11 +151,16 @@ func (c *calls) notifier(j *sessions.Joint) nonce.Notifier {
 			c.delivery.metrics.rejected.WithLabelValues(string(code)).Inc()
 			return 0, fmt.Errorf("notify %s: %w", session, err)
 		}
+		seq := r.entries[0].Seq // 0: dropped by the drop_newest policy
 		call.AfterCommit(func() {
-			c.delivery.counted(r.drops, min(1, int(r.entries[0].Seq)))
+			taken := 0
+			if seq != 0 {
+				taken = 1
+			}
+			c.delivery.counted(r.drops, taken)
 			c.delivery.kick(call.User, session)
 		})
-		return r.entries[0].Seq, nil
+		return seq, nil
 	}
 }
 

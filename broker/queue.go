@@ -216,7 +216,7 @@ func (d *delivery) commitBatch(user, session string, ms []queues.Message) (batch
 			}
 		}
 	}
-	if b.entries == nil { // failed before the first message
+	if b.entries == nil { // the commit failed before enqueueRun ran
 		b.entries, b.errs = make([]queues.Entry, len(ms)), make([]error, len(ms))
 	}
 	return b, durable, err
