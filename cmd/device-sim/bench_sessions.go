@@ -266,8 +266,8 @@ func benchConnectCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	var bf benchFlags
 	fs := flag.NewFlagSet("bench connect", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	n := fs.Int("devices", 2000, "devices connecting and beginning")
-	concs := fs.String("concurrency", "16,64,256", "comma-separated numbers of devices connecting at once (one run each)")
+	n := fs.Int("devices", 4000, "devices connecting and beginning")
+	concs := fs.String("concurrency", "16,64,256,1024", "comma-separated numbers of devices connecting at once (one run each)")
 	targetList := fs.String("targets", "tether,mosquitto,mochi", "brokers to measure, in turn at each concurrency (mosquitto and mochi: CONNECT and SUBSCRIBE, no begin)")
 	bf.register(fs)
 	if err := fs.Parse(args); err != nil {
