@@ -77,6 +77,19 @@ func TestShopperBuysEachItemOnceDespiteCrashes(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, onceEach(DefaultList), counts)
 
+			// A receipt per item, in list order, none twice: each was
+			// notified by the buy that committed, with it.
+			receipts, err := b.Outq("alice", ReceiptsSession, 0)
+			require.NoError(t, err)
+			var got []string
+			for _, r := range receipts {
+				var rc Receipt
+				require.NoError(t, json.Unmarshal(r.Data, &rc))
+				require.Equal(t, 1, rc.Count, "%s", r.Data)
+				got = append(got, rc.Item)
+			}
+			require.Equal(t, DefaultList, got)
+
 			// The journal: one begin per life, crashed=true after every
 			// crash; one committed buy per item, in list order, each with
 			// its index as memento; one end.

@@ -16,6 +16,9 @@ const (
 	// CountersSession is where Counters asks, so that looking never takes
 	// over the shopper's session.
 	CountersSession = "counters"
+	// ReceiptsSession gets a notification for every item bought, from the
+	// buy that bought it: a receipt exists if and only if the buy committed.
+	ReceiptsSession = "receipts"
 
 	methodBuy      = "buy"
 	methodCounters = "counters"
@@ -28,11 +31,12 @@ const (
 
 // registerShop installs the shop's call handlers on b:
 //
-//	buy(item)  → the item's new count
+//	buy(item)  → the item's new count, and a receipt {item, count} notified to ReceiptsSession
 //	counters() → every item's count
 //
 // The shopper sends the item's index in its list as the memento of each
-// buy; the broker commits it with the count and the reply, or none of them.
+// buy; the broker commits it with the count, the receipt and the reply, or
+// none of them.
 func registerShop(b *broker.Broker) {
 	b.Handle(methodBuy, buy)
 	b.Handle(methodCounters, counters)
@@ -53,7 +57,16 @@ func buy(_ context.Context, c *nonce.Call) (any, error) {
 	if err := c.State.SetJSON(countersKey, counts); err != nil {
 		return nil, err
 	}
+	if _, err := c.Notify(ReceiptsSession, Receipt{Item: item, Count: counts[item]}); err != nil {
+		return nil, err
+	}
 	return counts[item], nil
+}
+
+// Receipt is the notification a buy sends to ReceiptsSession.
+type Receipt struct {
+	Item  string `json:"item"`
+	Count int    `json:"count"`
 }
 
 // counters returns every item's count; it changes nothing.
