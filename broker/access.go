@@ -156,6 +156,10 @@ func (h *access) cutting(cl *mqtt.Client, p auth.Principal, err error) bool {
 	if _, already := h.cut.LoadOrStore(cl, true); already {
 		return false
 	}
+	if _, live := h.principals.Load(cl); !live { // gone meanwhile: OnDisconnect ran
+		h.cut.Delete(cl)
+		return false
+	}
 	h.metrics.authFailed.WithLabelValues("live_" + authFailureReason(err)).Inc()
 	h.log.Info("token no longer valid, disconnecting", "client", cl.ID, "user", p.User, "reason", authFailureReason(err))
 	return true
