@@ -78,10 +78,11 @@ func (c *calls) run(user, name string, conn sessions.Conn, req wire.Request) (js
 	if len(req.Memento) > c.limits.MaxMemento {
 		return nil, wire.Errorf(wire.CodeTooLarge, "memento is %d bytes; the limit is %d", len(req.Memento), c.limits.MaxMemento)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
 	var out nonce.Outcome
 	err := c.registry.ExecLocked(c.userLock(user), user, name, conn, req.Nonce, func(tx persistence.Txn, s *sessions.Session, j *sessions.Joint) (sessions.Change, error) {
+		// The handler's time starts once it holds the locks, afresh on a retry.
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
 		o, err := nonce.Execute(ctx, tx, user, name, s.LastCallSeq, nonce.Request{
 			Seq: req.Seq, Method: req.Method, Args: req.Args, Memento: req.Memento,
 		}, c.lookup, c.notifier(j), c.keep, time.Now())
