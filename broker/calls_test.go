@@ -746,3 +746,35 @@ func TestCallReplyRetention(t *testing.T) {
 	require.Contains(t, res.Error.Message, "no longer kept")
 	require.Equal(t, int64(5), s.runs.Load(), "nothing ran twice")
 }
+
+// TestCallTimeout: a handler that outruns CallTimeout (and honours its
+// context) aborts its call with internal; nothing of it is kept, and the
+// next call runs.
+func TestCallTimeout(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.CallTimeout = 100 * time.Millisecond
+	b, _, token := startShop(t, cfg)
+	var slow atomic.Bool
+	slow.Store(true)
+	b.Handle("slow", func(ctx context.Context, c *nonce.Call) (any, error) {
+		if !slow.Load() {
+			return "quick", nil
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = d.Call(ctx(t), "slow", nil, 1)
+	var we *client.Error
+	require.ErrorAs(t, err, &we)
+	require.Equal(t, wire.CodeInternal, we.Code)
+	sess, err := b.Sessions().Get("alice", "shop")
+	require.NoError(t, err)
+	require.Empty(t, sess.Memento)
+	slow.Store(false)
+	got, err := d.Call(ctx(t), "slow", nil, 2)
+	require.NoError(t, err)
+	require.JSONEq(t, `"quick"`, string(got))
+}
