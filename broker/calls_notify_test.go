@@ -222,3 +222,29 @@ func TestCallNotifyAfterItsCall(t *testing.T) {
 	}
 	require.Equal(t, []string{`"after"`}, queued(t, b, "alice", "hall"))
 }
+
+// TestCallNotifyNewSessionOverCap: a Call.Notify that would create a
+// session past the user's cap fails at once (forbidden), and a handler
+// that goes on without it commits the rest.
+func TestCallNotifyNewSessionOverCap(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.Sessions.MaxSessionsPerUser = 2
+	b, _, token := startShop(t, cfg)
+	b.Handle("order", order)
+	kitchen := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "kitchen")
+	_, err := kitchen.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = b.Notify("alice", "hall", "existing")
+	require.NoError(t, err)
+
+	_, err = kitchen.Call(ctx(t), "order", orderArgs{To: []string{"hall", "third-room"}}, nil)
+	var we *client.Error
+	require.ErrorAs(t, err, &we)
+	require.Equal(t, wire.CodeForbidden, we.Code)
+	raw, err := kitchen.Call(ctx(t), "order", orderArgs{To: []string{"third-room", "hall"}, Skip: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{2}, decode[[]uint64](t, raw), "hall's, the new session skipped")
+	names, err := b.Sessions().Names("alice")
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"kitchen", "hall"}, names)
+}

@@ -89,6 +89,13 @@ func (j *Joint) Update(name string, fn func(tx persistence.Txn, s *Session) (Cha
 		j.held[name] = o
 		j.order = append(j.order, o)
 	}
+	if !o.used && unstored(o.e) {
+		// A new session: refused here, not when the transaction ends, so
+		// that the caller may go on without it.
+		if err := j.r.admit(j.tx, j.user, name); err != nil {
+			return err
+		}
+	}
 	ns := o.s
 	ch, err := fn(j.tx, &ns)
 	if err != nil {
