@@ -103,15 +103,12 @@ func TestCallNotifiesWithItsCommit(t *testing.T) {
 	require.Equal(t, want, queued(t, b, "alice", "new-room"))
 
 	_, err = call(orderArgs{To: []string{"kitchen", "hall", "other-room"}, Fail: true})
-	var we *client.Error
-	require.ErrorAs(t, err, &we)
-	require.Equal(t, wire.CodeBadRequest, we.Code)
+	require.Equal(t, wire.CodeBadRequest, wireCode(t, err))
 
 	_, err = b.Notify("alice", "full", "filled")
 	require.NoError(t, err)
 	_, err = call(orderArgs{To: []string{"hall", "full"}})
-	require.ErrorAs(t, err, &we)
-	require.Equal(t, wire.CodeQueueFull, we.Code, "the handler returned the refusal")
+	require.Equal(t, wire.CodeQueueFull, wireCode(t, err), "the handler returned the refusal")
 
 	for _, s := range []string{"kitchen", "hall"} {
 		require.Equal(t, want, queued(t, b, "alice", s), "%s: nothing from the aborted calls", s)
@@ -202,10 +199,8 @@ func TestCallNotifyAfterItsCall(t *testing.T) {
 		})
 		return "ok", nil
 	})
-	kitchen := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "kitchen")
-	_, err := kitchen.Begin(ctx(t))
-	require.NoError(t, err)
-	_, err = kitchen.Call(ctx(t), "late", nil, nil)
+	kitchen := begun(t, b, token, "kitchen")
+	_, err := kitchen.Call(ctx(t), "late", nil, nil)
 	require.NoError(t, err)
 	require.ErrorIs(t, <-late, sessions.ErrJointEnded)
 
@@ -231,16 +226,12 @@ func TestCallNotifyNewSessionOverCap(t *testing.T) {
 	cfg.Sessions.MaxSessionsPerUser = 2
 	b, _, token := startShop(t, cfg)
 	b.Handle("order", order)
-	kitchen := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "kitchen")
-	_, err := kitchen.Begin(ctx(t))
-	require.NoError(t, err)
-	_, err = b.Notify("alice", "hall", "existing")
+	kitchen := begun(t, b, token, "kitchen")
+	_, err := b.Notify("alice", "hall", "existing")
 	require.NoError(t, err)
 
 	_, err = kitchen.Call(ctx(t), "order", orderArgs{To: []string{"hall", "third-room"}}, nil)
-	var we *client.Error
-	require.ErrorAs(t, err, &we)
-	require.Equal(t, wire.CodeForbidden, we.Code)
+	require.Equal(t, wire.CodeForbidden, wireCode(t, err))
 	raw, err := kitchen.Call(ctx(t), "order", orderArgs{To: []string{"third-room", "hall"}, Skip: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, []uint64{2}, decode[[]uint64](t, raw), "hall's, the new session skipped")

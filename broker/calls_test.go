@@ -656,6 +656,23 @@ func TestCallMementoLimitIsTheConfiguredOne(t *testing.T) {
 	require.Zero(t, s.runs.Load())
 }
 
+// wireCode returns the code of err, which must be an error reply.
+func wireCode(t *testing.T, err error) wire.Code {
+	t.Helper()
+	var we *client.Error
+	require.ErrorAs(t, err, &we)
+	return we.Code
+}
+
+// begun dials alice's session name on b and begins it.
+func begun(t *testing.T, b *broker.Broker, token, name string) *client.Client {
+	t.Helper()
+	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, name)
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	return d
+}
+
 // panicky is a reply value whose encoding panics.
 type panicky struct{}
 
@@ -671,13 +688,9 @@ func TestCallPanicsAreContained(t *testing.T) {
 		c.AfterCommit(func() { panic("bad effect") })
 		return "done", nil
 	})
-	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
-	_, err := d.Begin(ctx(t))
-	require.NoError(t, err)
-	_, err = d.Call(ctx(t), "badreply", nil, 1)
-	var we *client.Error
-	require.ErrorAs(t, err, &we)
-	require.Equal(t, wire.CodeInternal, we.Code)
+	d := begun(t, b, token, "shop")
+	_, err := d.Call(ctx(t), "badreply", nil, 1)
+	require.Equal(t, wire.CodeInternal, wireCode(t, err))
 	sess, err := b.Sessions().Get("alice", "shop")
 	require.NoError(t, err)
 	require.Empty(t, sess.Memento, "the aborted call's memento is not kept")
@@ -699,9 +712,7 @@ func TestCallHandlerChoosesCode(t *testing.T) {
 	b.Handle("fail", func(_ context.Context, c *nonce.Call) (any, error) {
 		return nil, wire.Errorf(wire.Code(c.Args[1:len(c.Args)-1]), "no %s", c.Args)
 	})
-	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
-	_, err := d.Begin(ctx(t))
-	require.NoError(t, err)
+	d := begun(t, b, token, "shop")
 	for _, tt := range []struct {
 		code string
 		want wire.Code
@@ -763,13 +774,9 @@ func TestCallTimeout(t *testing.T) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})
-	d := device(t, "tcp://"+b.Addrs().MQTT, "alice", token, "shop")
-	_, err := d.Begin(ctx(t))
-	require.NoError(t, err)
-	_, err = d.Call(ctx(t), "slow", nil, 1)
-	var we *client.Error
-	require.ErrorAs(t, err, &we)
-	require.Equal(t, wire.CodeInternal, we.Code)
+	d := begun(t, b, token, "shop")
+	_, err := d.Call(ctx(t), "slow", nil, 1)
+	require.Equal(t, wire.CodeInternal, wireCode(t, err))
 	sess, err := b.Sessions().Get("alice", "shop")
 	require.NoError(t, err)
 	require.Empty(t, sess.Memento)

@@ -443,9 +443,7 @@ func TestSnapshotRestoreHeldToSessionCap(t *testing.T) {
 	_, err = snapDevice(t, b, token, "other", "", &blobKeeper{}).Begin(ctx(t))
 	require.NoError(t, err)
 	_, err = snapDevice(t, b, token, "cart", blob, &blobKeeper{}).Begin(ctx(t))
-	var we *client.Error
-	require.ErrorAs(t, err, &we)
-	require.Equal(t, wire.CodeForbidden, we.Code)
+	require.Equal(t, wire.CodeForbidden, wireCode(t, err))
 	names, err := b.Sessions().Names("alice")
 	require.NoError(t, err)
 	require.Equal(t, []string{"other"}, names)

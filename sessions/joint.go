@@ -19,7 +19,6 @@ type Joint struct {
 	r    *Registry
 	user string
 	name string // the running session's
-	self *entry
 	tx   persistence.Txn
 	s    *Session // the running session's copy, as fn changes it
 	ch   Change   // what Update did to the running session

@@ -367,7 +367,7 @@ func (r *Registry) ExecLocked(mu sync.Locker, user, name string, conn Conn, nonc
 			return err
 		}
 		e.s.LastSeen = now
-		j := &Joint{r: r, user: user, name: name, self: e}
+		j := &Joint{r: r, user: user, name: name}
 		return r.commitJoint(e, false, j, fn)
 	})
 	if mu != nil {
