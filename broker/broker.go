@@ -127,7 +127,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 			return nil, fmt.Errorf("broker: hook %s: %w", h.ID(), err)
 		}
 	}
-	b.tcp = newTCPListener("mqtt", b.mqttLn)
+	b.tcp = newTCPListener("mqtt", b.mqttLn, cfg.ConnectTimeout, log.With("component", "mqtt-listener"))
 	if err := b.srv.AddListener(b.tcp); err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ func Open(cfg Config) (_ *Broker, err error) {
 		if b.httpLn != nil {
 			origins.samePort = append(origins.samePort, port(b.httpLn))
 		}
-		b.ws = newWSListener("ws", b.wsLn, origins, log.With("component", "websocket"))
+		b.ws = newWSListener("ws", b.wsLn, origins, cfg.ConnectTimeout, log.With("component", "websocket"))
 		if err := b.srv.AddListener(b.ws); err != nil {
 			return nil, err
 		}

@@ -49,6 +49,9 @@ type Config struct {
 	ReadBufferSize   int           // per-client read buffer, bytes
 	WriteBufferSize  int           // per-client write buffer, bytes
 	SessionExpiry    time.Duration // longest time a disconnected clean=false MQTT session is kept
+	// ConnectTimeout is how long a new connection (TCP, or WebSocket once
+	// upgraded) may take to send its CONNECT; a silent one is closed.
+	ConnectTimeout time.Duration
 
 	ShutdownTimeout time.Duration // how long Close waits for in-flight work
 	GCInterval      time.Duration // Badger value-log GC period
@@ -96,6 +99,7 @@ func DefaultConfig() Config {
 		ReadBufferSize:   1024,
 		WriteBufferSize:  1024,
 		SessionExpiry:    7 * 24 * time.Hour,
+		ConnectTimeout:   10 * time.Second,
 		ShutdownTimeout:  10 * time.Second,
 		GCInterval:       5 * time.Minute,
 		Sessions:         sessions.DefaultConfig(),
@@ -180,6 +184,8 @@ func (c Config) Validate() error {
 		return configErrorf("WriteBufferSize", "must be at least 256 bytes, got %d", c.WriteBufferSize)
 	case c.SessionExpiry < time.Second || c.SessionExpiry > maxSessionExpiry:
 		return configErrorf("SessionExpiry", "must be at least 1s and at most %s (MQTT's largest expiry interval), got %s", maxSessionExpiry, c.SessionExpiry)
+	case c.ConnectTimeout <= 0:
+		return configErrorf("ConnectTimeout", "must be positive, got %s", c.ConnectTimeout)
 	case c.ShutdownTimeout <= 0:
 		return configErrorf("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
 	case c.GCInterval <= 0:

@@ -3,7 +3,9 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -170,4 +172,45 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// A connection that sends no CONNECT within ConnectTimeout is closed, over
+// TCP and over an upgraded WebSocket; one that connected stays, however
+// long it is then silent (keepalive 0).
+func TestSilentConnectionsClosed(t *testing.T) {
+	cfg := brokertest.Config(t)
+	cfg.ConnectTimeout = 300 * time.Millisecond
+	b := brokertest.Start(t, cfg)
+	closed := func(t *testing.T, read func() error) {
+		t.Helper()
+		start := time.Now()
+		err := read()
+		var ne net.Error
+		require.False(t, errors.As(err, &ne) && ne.Timeout(), "still open after %s", time.Since(start))
+		require.Error(t, err)
+	}
+	t.Run("tcp", func(t *testing.T) {
+		c, err := net.Dial("tcp", b.Addrs().MQTT)
+		require.NoError(t, err)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		closed(t, func() error { _, err := c.Read(make([]byte, 1)); return err })
+	})
+	t.Run("websocket", func(t *testing.T) {
+		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
+		ws, _, err := d.Dial("ws://"+b.Addrs().WS+"/mqtt", nil)
+		require.NoError(t, err)
+		defer ws.Close()
+		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		closed(t, func() error { _, _, err := ws.ReadMessage(); return err })
+	})
+	t.Run("connected stays", func(t *testing.T) {
+		token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+		c := brokertest.MustConnect(t, brokertest.ClientOptions("tcp://"+b.Addrs().MQTT, "alice", token).SetKeepAlive(0))
+		time.Sleep(3 * cfg.ConnectTimeout)
+		got := brokertest.NewMessages(1)
+		require.NoError(t, brokertest.Wait(c.Subscribe("sessions/alice/s/data", 1, got.Handler)))
+		require.NoError(t, brokertest.Wait(c.Publish("sessions/alice/s/data", 1, false, "still here")))
+		require.Equal(t, "still here", string(got.Next(t, 2*time.Second).Payload()))
+	})
 }

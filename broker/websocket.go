@@ -19,15 +19,16 @@ import (
 // wsListener serves MQTT over WebSocket (subprotocol "mqtt") with an Origin
 // allow-list; mochi's own WebSocket listener accepts every Origin.
 type wsListener struct {
-	id        string
-	ln        net.Listener
-	srv       *http.Server
-	upgrader  websocket.Upgrader
-	origins   originPolicy
-	log       *slog.Logger
-	establish listeners.EstablishFn
-	closeOnce sync.Once
-	conns     connSet // upgraded connections until mochi returns from them
+	id             string
+	ln             net.Listener
+	connectTimeout time.Duration // for the CONNECT once upgraded (connectBy)
+	srv            *http.Server
+	upgrader       websocket.Upgrader
+	origins        originPolicy
+	log            *slog.Logger
+	establish      listeners.EstablishFn
+	closeOnce      sync.Once
+	conns          connSet // upgraded connections until mochi returns from them
 }
 
 // originPolicy decides which browser Origins may open a WebSocket.
@@ -61,8 +62,8 @@ func (p originPolicy) allow(origin, host string) bool {
 	return u.Hostname() == reqHost && slices.Contains(p.samePort, port)
 }
 
-func newWSListener(id string, ln net.Listener, origins originPolicy, log *slog.Logger) *wsListener {
-	l := &wsListener{id: id, ln: ln, origins: origins, log: log}
+func newWSListener(id string, ln net.Listener, origins originPolicy, connectTimeout time.Duration, log *slog.Logger) *wsListener {
+	l := &wsListener{id: id, ln: ln, origins: origins, connectTimeout: connectTimeout, log: log}
 	l.upgrader = websocket.Upgrader{
 		Subprotocols:    []string{"mqtt", "mqttv3.1"},
 		ReadBufferSize:  2048,
@@ -75,7 +76,9 @@ func newWSListener(id string, ln net.Listener, origins originPolicy, log *slog.L
 			return ok
 		},
 	}
-	l.srv = &http.Server{Handler: http.HandlerFunc(l.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
+	// IdleTimeout ends a kept-alive connection that sends no next request
+	// (one refused an upgrade, say); an upgraded one is the handler's.
+	l.srv = &http.Server{Handler: http.HandlerFunc(l.serveHTTP), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
 	return l
 }
 
@@ -115,7 +118,7 @@ func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	reserveStack32K(0)
 	defer l.conns.done(conn)
 	defer c.Close()
-	if err := l.establish(l.id, &corkConn{Conn: conn}); err != nil {
+	if err := l.establish(l.id, &corkConn{Conn: connectBy(conn, l.connectTimeout)}); err != nil {
 		l.log.Debug("websocket client ended", "error", err)
 	}
 }

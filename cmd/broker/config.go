@@ -55,6 +55,7 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&b.ReadBufferSize, "read-buffer", b.ReadBufferSize, "per-client read buffer, in bytes")
 	fs.IntVar(&b.WriteBufferSize, "write-buffer", b.WriteBufferSize, "per-client write buffer, in bytes")
 	fs.DurationVar(&b.SessionExpiry, "session-expiry", b.SessionExpiry, "longest a disconnected clean=false MQTT session is kept")
+	fs.DurationVar(&b.ConnectTimeout, "connect-timeout", b.ConnectTimeout, "how long a new connection may take to send its CONNECT before it is closed")
 	fs.DurationVar(&b.ShutdownTimeout, "shutdown-timeout", b.ShutdownTimeout, "how long shutdown waits for in-flight work")
 	fs.DurationVar(&b.GCInterval, "gc-interval", b.GCInterval, "Badger value-log GC period")
 	fs.DurationVar(&b.SyncDelay, "sync-delay", b.SyncDelay, "least time between the starts of two fsync rounds (0 up to 10ms): fewer fsyncs on a saturated broker, more latency per commit")
@@ -151,7 +152,7 @@ var flagOf = map[string]string{
 	"AdminAddr": "admin-addr", "WSOrigins": "ws-origins", "TLSCertFile": "tls-cert", "TLSKeyFile": "tls-key",
 	"MaxClients": "max-clients", "MaxPacketSize": "max-packet-size", "MaxWritesPending": "max-writes-pending",
 	"ReadBufferSize": "read-buffer", "WriteBufferSize": "write-buffer", "SessionExpiry": "session-expiry",
-	"ShutdownTimeout": "shutdown-timeout", "GCInterval": "gc-interval", "SyncDelay": "sync-delay",
+	"ConnectTimeout": "connect-timeout", "ShutdownTimeout": "shutdown-timeout", "GCInterval": "gc-interval", "SyncDelay": "sync-delay",
 	"Sessions.TickInterval": "tick-interval", "Sessions.SweepInterval": "sweep-interval",
 	"Sessions.DefaultPolicy.Liveness": "liveness", "Sessions.Rules": "policies",
 	"Sessions.Retention.MaxEvents": "journal-max-events", "Sessions.Retention.MaxAge": "journal-max-age",

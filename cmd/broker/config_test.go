@@ -202,6 +202,7 @@ func TestServeConfigBadValues(t *testing.T) {
 		{"short session expiry", []string{"--session-expiry", "10ms"}, nil, "", []string{"session-expiry"}, false},
 		{"session expiry past MQTT's", []string{"--session-expiry", "1193047h"}, nil, "", []string{"session-expiry", "at most", "1193046h"}, false},
 		{"zero shutdown timeout", []string{"--shutdown-timeout", "0s"}, nil, "", []string{"shutdown-timeout"}, false},
+		{"zero connect timeout", []string{"--connect-timeout", "0s"}, nil, "", []string{"connect-timeout", "must be positive"}, false},
 		{"yaml duration without unit", nil, nil, "session_expiry: 10\n", []string{"session_expiry"}, false},
 		{"yaml not a number", nil, nil, "max_clients: lots\n", []string{"max_clients"}, false},
 		{"yaml gc interval", nil, nil, "gc_interval: -1m\n", []string{"gc-interval"}, false},
