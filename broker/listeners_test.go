@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -203,6 +204,20 @@ func TestSilentConnectionsClosed(t *testing.T) {
 		defer ws.Close()
 		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 		closed(t, func() error { _, _, err := ws.ReadMessage(); return err })
+	})
+	t.Run("websocket refused, kept alive", func(t *testing.T) {
+		c, err := net.Dial("tcp", b.Addrs().WS)
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = c.Write([]byte("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")) // no upgrade: 400, and HTTP/1.1 keeps the connection
+		require.NoError(t, err)
+		r := bufio.NewReader(c)
+		resp, err := http.ReadResponse(r, nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		closed(t, func() error { _, err := r.ReadByte(); return err })
 	})
 	t.Run("connected stays", func(t *testing.T) {
 		token := brokertest.Token(t, b, "alice", auth.RoleDevice)

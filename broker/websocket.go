@@ -76,9 +76,10 @@ func newWSListener(id string, ln net.Listener, origins originPolicy, connectTime
 			return ok
 		},
 	}
-	// IdleTimeout ends a kept-alive connection that sends no next request
-	// (one refused an upgrade, say); an upgraded one is the handler's.
-	l.srv = &http.Server{Handler: http.HandlerFunc(l.serveHTTP), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+	// A kept-alive connection that sends no next request (one refused an
+	// upgrade, say) gets the same time as a silent MQTT one; an upgraded
+	// one is the handler's.
+	l.srv = &http.Server{Handler: http.HandlerFunc(l.serveHTTP), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: connectTimeout}
 	return l
 }
 
