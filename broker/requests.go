@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -193,6 +194,9 @@ func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	if res.Superseded.Conn != 0 {
+		h.supersede(user, name, res.Superseded)
+	}
 	if afterBegin != nil {
 		afterBegin(user, name)
 	}
@@ -202,6 +206,40 @@ func (h *sessionHook) begin(user, name string, conn sessions.Conn) (any, error) 
 	}
 	return begun{res, qi, h.delivery.window}, nil
 }
+
+// supersede tells the connection that held the instance a begin just
+// replaced, on its res topic and to it alone (every device of the session
+// reads res, and notifications go to them all): its SDK then stops
+// handing the session's notifications to the application and reports the
+// takeover, instead of learning of it at its next ping. It waits for the
+// write at most supersedeWait, so that a stuck connection cannot hold up
+// the begin; the notice goes out before the begin's reply and the
+// notifications that follow it, so a device reading its connection in
+// order sees it before any of them.
+func (h *sessionHook) supersede(user, name string, s sessions.Superseded) {
+	v, ok := h.clients.Load(s.Conn)
+	if !ok {
+		return // gone meanwhile: its next request gets stale_nonce
+	}
+	payload, err := json.Marshal(wire.Superseded{ID: json.RawMessage("null"), Nonce: s.Nonce,
+		Error: wire.Errorf(wire.CodeStaleNonce, "another instance of %s/%s began on another connection; begin again", user, name)})
+	if err != nil {
+		return
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: wire.SessionTopic(user, name, wire.LeafRes), Payload: payload}
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		_ = v.(*mqtt.Client).WritePacket(pk) // fails only when the connection is gone
+	}()
+	select {
+	case <-written:
+	case <-time.After(supersedeWait):
+	}
+}
+
+// supersedeWait bounds how long a begin waits to tell the connection it replaced.
+const supersedeWait = 100 * time.Millisecond
 
 // afterBegin, when set (only by tests, before Open), runs after a begin
 // attached its instance and before its reply is sent.

@@ -163,6 +163,11 @@ const (
 	EventLost Event = iota + 1
 	// EventRecovered: ticks are arriving again.
 	EventRecovered
+	// EventTakenOver: another instance began the session (another device,
+	// or another Client) and this one's nonce is dead: Nonce() is empty,
+	// no more notifications are handed over, and requests fail with
+	// ErrStaleNonce until Begin. Crash and begin again, or stop.
+	EventTakenOver
 )
 
 func (e Event) String() string {
@@ -171,6 +176,8 @@ func (e Event) String() string {
 		return "connection lost"
 	case EventRecovered:
 		return "recovered"
+	case EventTakenOver:
+		return "taken over"
 	}
 	return "event(" + strconv.Itoa(int(e)) + ")"
 }
@@ -204,6 +211,7 @@ type Client struct {
 	notes    chan Notification
 	inbox    chan inboxItem // arrival order = the broker's seq order
 	instance atomic.Uint64  // begins answered so far; notifications belong to one
+	stale    atomic.Uint64  // the instance found taken over (see takenOver); its notifications are dropped
 	acked    atomic.Uint64  // the broker's acked seq at the latest begin
 	ackWant  atomic.Uint64  // highest seq the application handled
 	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
@@ -211,7 +219,8 @@ type Client struct {
 	resent   atomic.Uint64  // gaps covered by a resend the broker confirmed
 	window   atomic.Int64   // the broker's delivery window, from begin (0: not told)
 	ackKick  chan struct{}
-	lastTick atomic.Int64 // unix nanos
+	held     *heldNotification // one whose HandleNotifications handler failed; handed first next time (guarded by mu)
+	lastTick atomic.Int64      // unix nanos
 	lost     atomic.Bool
 	interval atomic.Int64 // ping and watchdog period, nanos
 
@@ -244,6 +253,9 @@ type reply struct {
 	ID    json.RawMessage `json:"id"`
 	OK    json.RawMessage `json:"ok"`
 	Error *wire.Error     `json:"error"`
+	// Superseded is set (id null) on the broker's notice that another
+	// begin replaced the instance with this nonce (wire.Superseded).
+	Superseded string `json:"superseded"`
 }
 
 // Dial connects to the broker with a last will on the session's presence
@@ -297,21 +309,24 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	pahoconn.Use(opts)
 	c.mqtt = paho.NewClient(opts)
+	c.ctx, c.cancel = context.WithCancel(context.Background()) // before Connect: onConnect waits on it
 	tok := c.mqtt.Connect()
 	if !waitToken(ctx, tok) {
+		c.cancel()
 		c.mqtt.Disconnect(0)
 		return nil, fmt.Errorf("client: connect %s: %w", cfg.URL, context.Cause(ctx))
 	}
 	if err := tok.Error(); err != nil {
+		c.cancel()
 		return nil, fmt.Errorf("client: connect %s: %w", cfg.URL, err)
 	}
 	select { // replies must have somewhere to arrive before the first request
 	case <-c.subscribed:
 	case <-ctx.Done():
+		c.cancel()
 		c.mqtt.Disconnect(0)
 		return nil, fmt.Errorf("client: subscribe to %s: %w", c.topics.res, context.Cause(ctx))
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lastTick.Store(time.Now().UnixNano())
 	c.interval.Store(int64(cfg.TickInterval))
 	c.wg.Add(3)
@@ -413,6 +428,12 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 			c.log.Warn("undecodable reply", "error", err)
 			return
 		}
+		if res.Superseded != "" {
+			if res.Error != nil && res.Error.Code == wire.CodeStaleNonce {
+				c.takenOver(res.Superseded) // the broker's word that another begin replaced this instance
+			}
+			return
+		}
 		var id string
 		if json.Unmarshal(res.ID, &id) != nil {
 			return
@@ -452,8 +473,8 @@ func (c *Client) onMessage(_ paho.Client, msg paho.Message) {
 		}
 	case c.topics.notify:
 		inst := c.instance.Load()
-		if inst == 0 {
-			return // not begun: these are another instance's (the topic is shared)
+		if inst == 0 || inst == c.stale.Load() {
+			return // not begun, or taken over: these are another instance's (the topic is shared)
 		}
 		n, err := wire.DecodeNotification(msg.Payload())
 		if err != nil || n.Seq == 0 {
@@ -490,7 +511,7 @@ func (c *Client) deliver() {
 			return
 		case it = <-c.inbox:
 		}
-		if it.instance < cur {
+		if it.instance < cur || it.instance == c.stale.Load() {
 			continue
 		}
 		if it.instance > cur {
@@ -539,28 +560,56 @@ func (c *Client) kickAcker() {
 }
 
 // HandleNotifications calls fn for each notification, in order, until ctx
-// ends, acking each after fn returns nil. If fn fails, the notification is
-// not acked: it comes back after the next Begin.
+// ends, acking each after fn returns nil. If fn fails, HandleNotifications
+// returns its error and the notification is not acked: the next call
+// hands it to fn first (in the same instance; after a Begin it comes back
+// from the broker), so nothing after it is acked past it.
 func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) error) error {
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.ctx.Done():
-			return ErrClosed
-		case n := <-c.notes:
-			if err := fn(n); err != nil {
-				return err
+		n, ok := c.takeHeld()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.ctx.Done():
+				return ErrClosed
+			case n = <-c.notes:
 			}
-			c.Ack(n.Seq)
 		}
+		if err := fn(n); err != nil {
+			c.mu.Lock()
+			c.held = &heldNotification{n: n, instance: c.instance.Load()}
+			c.mu.Unlock()
+			return err
+		}
+		c.Ack(n.Seq)
 	}
+}
+
+// heldNotification is one whose handler failed, and the instance it came in.
+type heldNotification struct {
+	n        Notification
+	instance uint64
+}
+
+// takeHeld returns the notification whose handler failed last, if it is
+// still the current instance's (a Begin since redelivers it anyway).
+func (c *Client) takeHeld() (Notification, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.held
+	c.held = nil
+	if h == nil || h.instance != c.instance.Load() || h.instance == c.stale.Load() {
+		return Notification{}, false
+	}
+	return h.n, true
 }
 
 // acker sends the highest wanted ack, one at a time, asking for a resend
 // when a gap was seen since the last one it asked for.
 func (c *Client) acker() {
 	defer c.wg.Done()
+	var retry time.Duration
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -583,10 +632,23 @@ func (c *Client) acker() {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RequestTimeout)
 			err := c.sendAck(ctx, nonce, want, resend)
 			cancel()
-			if err != nil {
-				c.log.Warn("ack failed; the next begin redelivers", "upto", want, "error", err)
-				break
+			if errors.Is(err, ErrStaleNonce) {
+				break // taken over: the next instance's begin redelivers
 			}
+			if err != nil {
+				// The broker keeps its window full until this ack arrives,
+				// and redelivers only what was already handed over: send
+				// it again, for as long as the instance lives.
+				retry = min(max(2*retry, 100*time.Millisecond), 5*time.Second)
+				c.log.Warn("ack failed; trying again", "upto", want, "error", err, "in", retry)
+				select {
+				case <-c.ctx.Done():
+					return
+				case <-time.After(retry):
+				}
+				continue
+			}
+			retry = 0
 			raise(&c.resent, gaps)
 		}
 	}
@@ -664,6 +726,11 @@ func (c *Client) watchdog() {
 			return
 		case <-time.After(every):
 		}
+		if c.Nonce() == "" {
+			// No instance, no ticks to expect: silence counts from the next Begin.
+			c.lastTick.Store(time.Now().UnixNano())
+			continue
+		}
 		silent := time.Since(time.Unix(0, c.lastTick.Load()))
 		if silent > time.Duration(c.cfg.LostAfter)*every && c.lost.CompareAndSwap(false, true) {
 			c.emit(EventLost)
@@ -693,10 +760,11 @@ func (c *Client) pace(tickMs, livenessMs int64) {
 // Ticks delivers the broker's ticks (and ping replies). Slow readers miss ticks, not the connection.
 func (c *Client) Ticks() <-chan Tick { return c.ticks }
 
-// Events delivers EventLost and EventRecovered.
+// Events delivers EventLost, EventRecovered and EventTakenOver.
 func (c *Client) Events() <-chan Event { return c.events }
 
-// Nonce is the current instance's nonce, empty before Begin or after End.
+// Nonce is the current instance's nonce, empty before Begin, after End and
+// once the instance was taken over (EventTakenOver).
 func (c *Client) Nonce() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -721,6 +789,24 @@ func (c *Client) SetCursor(v any) error {
 	c.cursor = b
 	c.mu.Unlock()
 	return nil
+}
+
+// takenOver ends the instance with nonce, if it is still this client's
+// current one: the broker said another instance replaced it (its notice,
+// or stale_nonce to a request). Its notifications are no longer handed
+// over (they are the new instance's), and EventTakenOver tells the
+// application.
+func (c *Client) takenOver(nonce string) {
+	c.mu.Lock()
+	if nonce == "" || c.nonce != nonce {
+		c.mu.Unlock()
+		return
+	}
+	c.nonce = ""
+	c.stale.Store(c.instance.Load())
+	c.mu.Unlock()
+	c.log.Warn("another instance took the session over; begin again", "session", c.cfg.Session)
+	c.emit(EventTakenOver)
 }
 
 // Begin starts a new instance of the session and returns the memento and
@@ -808,7 +894,13 @@ func (c *Client) Ping(ctx context.Context) (Tick, error) {
 	err := c.request(ctx, req, true, &t)
 	if err == nil {
 		c.gotTick(t)
+		return t, nil
 	}
+	c.mu.Lock()
+	if c.cursor == nil { // not reported: the next ping carries it, unless SetCursor set a newer one
+		c.cursor = req.Cursor
+	}
+	c.mu.Unlock()
 	return t, err
 }
 
@@ -910,6 +1002,9 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 		if res.Error != nil {
 			if res.Error.Code == "connection_lost" {
 				return ErrConnectionLost
+			}
+			if res.Error.Code == wire.CodeStaleNonce && req.Nonce != "" {
+				c.takenOver(req.Nonce)
 			}
 			return &Error{Code: res.Error.Code, Message: res.Error.Message}
 		}

@@ -31,6 +31,10 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		}
 		ns := e.s
 		crashed := ns.Nonce != ""
+		var superseded Superseded
+		if crashed && e.conn != 0 && e.conn != conn {
+			superseded = Superseded{Nonce: ns.Nonce, Conn: e.conn}
+		}
 		wasOnline := ns.State == StateActive
 		ns.Nonce, ns.State, ns.LastSeen, ns.Since = nonce, StateActive, now, now
 		ns.Instances++
@@ -53,7 +57,7 @@ func (r *Registry) Begin(user, name string, conn Conn) (BeginResult, error) {
 		r.startTimers(e)
 		res = BeginResult{Nonce: nonce, Memento: e.s.Memento, Crashed: crashed, State: e.s.State, Phase: e.s.Phase,
 			RemainingMs: e.s.tick(now).RemainingMs, NextSeq: e.s.LastCallSeq + 1,
-			TickIntervalMs: r.cfg.TickInterval.Milliseconds(), LivenessMs: pol.Liveness.Milliseconds()}
+			TickIntervalMs: r.cfg.TickInterval.Milliseconds(), LivenessMs: pol.Liveness.Milliseconds(), Superseded: superseded}
 		if res.Memento == nil {
 			res.Memento = json.RawMessage("null")
 		}

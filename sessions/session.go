@@ -118,4 +118,14 @@ type BeginResult struct {
 	// The broker's timings for this session, so clients can pace their pings.
 	TickIntervalMs int64 `json:"tick_interval_ms"`
 	LivenessMs     int64 `json:"liveness_ms"`
+	// Superseded is the instance this begin replaced while another
+	// connection held it (zero if none), so the broker can tell that
+	// connection at once; it is not part of the reply.
+	Superseded Superseded `json:"-"`
+}
+
+// Superseded names an instance another begin replaced, and its connection.
+type Superseded struct {
+	Nonce string
+	Conn  Conn
 }

@@ -256,6 +256,16 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// Superseded is what the broker sends a connection whose instance another
+// begin (on another connection) replaced, on sessions/U/S/res and to that
+// connection alone: the nonce it held, and a stale_nonce error. ID is
+// always null: it answers no request.
+type Superseded struct {
+	ID    json.RawMessage `json:"id"`
+	Nonce string          `json:"superseded"`
+	Error *Error          `json:"error"`
+}
+
 // Response is the broker's reply on sessions/U/S/res.
 type Response struct {
 	ID    json.RawMessage `json:"id"`

@@ -10,8 +10,9 @@ import (
 
 // Proxy forwards TCP connections to a broker so a test can break the
 // network the way real devices see it: Cut drops every socket at once (the
-// broker sees EOF without DISCONNECT), Freeze stops forwarding but keeps the
-// sockets open (only keepalive can notice).
+// broker sees EOF without DISCONNECT), Down cuts them and refuses new ones
+// until Up (an outage), Freeze stops forwarding but keeps the sockets open
+// (only keepalive can notice).
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -19,6 +20,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  []net.Conn
 	frozen bool
+	down   bool // new connections are closed at once
 	closed bool
 }
 
@@ -52,6 +54,12 @@ func (p *Proxy) accept() {
 			in.Close()
 			out.Close()
 			return
+		}
+		if p.down {
+			p.mu.Unlock()
+			in.Close()
+			out.Close()
+			continue
 		}
 		p.conns = append(p.conns, in, out)
 		p.mu.Unlock()
@@ -89,6 +97,21 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// Down cuts every socket and refuses new connections until Up.
+func (p *Proxy) Down() {
+	p.mu.Lock()
+	p.down = true
+	p.mu.Unlock()
+	p.Cut()
+}
+
+// Up accepts new connections again after Down.
+func (p *Proxy) Up() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
 }
 
 // Freeze silently drops everything in both directions from now on; the

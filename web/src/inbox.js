@@ -37,7 +37,7 @@ export class Inbox {
     this.handled = 0; // highest seq the application handled (what the next ack covers)
     this.acked = 0; // highest seq the broker confirmed
     this.inFlight = 0; // upto of the ack in flight; 0 when none
-    this.blocked = false; // a handler failed: hold acks until the next begin
+    this.blocked = false; // a handler failed: deliver and ack nothing more until the next begin
     this.queue = [];
     this.draining = false;
     this.again = false; // a flush was asked for while an ack was in flight
@@ -53,8 +53,8 @@ export class Inbox {
       this.onError(new Error('tether: notification without a positive integer seq'));
       return false;
     }
-    if (n.seq <= this.lastSeen) {
-      return false;
+    if (n.seq <= this.lastSeen || this.blocked) {
+      return false; // a duplicate, or after a failed handler: the next begin sends it again
     }
     if (Number.isSafeInteger(n.prev) && n.prev > this.lastSeen) {
       this.resend();
@@ -78,13 +78,15 @@ export class Inbox {
           await this.handle(n);
         } catch (err) {
           // Not handled, so not acknowledged: the broker sends it again to
-          // the next instance. Later ones are delivered but not acked, since
-          // an ack is cumulative.
+          // the next instance, and what follows it with it (acks are
+          // cumulative). Nothing after it is handed over meanwhile, so the
+          // application still sees each seq once, in order.
           this.blocked = true;
+          this.queue.length = 0;
           this.onError(err instanceof Error ? err : new Error(String(err)));
-          continue;
+          break;
         }
-        if (this.autoAck && !this.blocked) {
+        if (this.autoAck) {
           this.ack(n.seq);
         }
       }
@@ -99,6 +101,23 @@ export class Inbox {
       this.handled = seq;
     }
     this.flush();
+  }
+
+  /**
+   * ackNow acknowledges what was handled and not yet confirmed, and
+   * resolves once the broker confirmed it (end sends it first, so that the
+   * next instance does not get it again).
+   */
+  async ackNow() {
+    const upto = this.handled;
+    if (upto <= this.acked || !this.canAck()) {
+      return;
+    }
+    await this.sendAck(upto);
+    if (upto > this.acked) {
+      this.acked = upto;
+      this.onAcked(upto);
+    }
   }
 
   /** flush sends an ack if something handled is not acknowledged yet and none is in flight. */
@@ -186,9 +205,15 @@ export class Inbox {
   /**
    * begun is called with the begin reply's acked seq: what the broker (or
    * another device) acknowledged is not delivered nor acked again, and what
-   * was handled here but not acknowledged is acknowledged now.
+   * was handled here but not acknowledged is acknowledged now. An acked seq
+   * below the one this broker confirmed before means another broker's
+   * queue (a session restored from a snapshot): its seqs are counted from
+   * its acked seq, as they come.
    */
   begun(brokerAcked = 0) {
+    if (brokerAcked < this.acked) {
+      this.acked = this.handled = this.lastSeen = brokerAcked;
+    }
     this.acked = Math.max(this.acked, brokerAcked);
     this.handled = Math.max(this.handled, brokerAcked);
     this.lastSeen = Math.max(this.lastSeen, brokerAcked);

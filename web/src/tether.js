@@ -188,6 +188,7 @@ export class Client {
     this.lastTick = Date.now();
     this.lost = false;
     this.expired = false; // the session's window is over: no ticks, no pings
+    this.stale = false; // taken over: notifications are the new instance's until the next begin
     this.watchdogTimer = null;
     this.lastPing = 0;
 
@@ -242,7 +243,8 @@ export class Client {
    * a time, in seq order, never twice for a seq; once it resolves the
    * notification is acknowledged (cumulatively, coalesced), unless autoAck is
    * off and the application calls ack(seq) itself. A handler that throws
-   * leaves the notification unacknowledged, for the next instance.
+   * leaves the notification unacknowledged, and nothing more is handed
+   * over until the next begin, which delivers it (and what follows) again.
    */
   onNotify(handler) {
     this.inbox.handle = handler;
@@ -411,7 +413,12 @@ export class Client {
     }
     switch (topic) {
       case this.topics.res:
-        if (msg && typeof msg.id === 'string') {
+        if (msg && typeof msg.superseded === 'string') {
+          // The broker's notice that another begin replaced this instance.
+          if (msg.superseded !== '' && msg.superseded === this.nonce) {
+            this.takenOver(this.errorOf(msg.error ?? { code: Codes.StaleNonce }));
+          }
+        } else if (msg && typeof msg.id === 'string') {
           this.settle(msg.id, msg.ok ?? {}, msg.error ? this.errorOf(msg.error) : null);
         }
         break;
@@ -419,7 +426,9 @@ export class Client {
         this.gotTick(msg);
         break;
       case this.topics.notify:
-        this.inbox.receive(msg);
+        if (!this.stale) {
+          this.inbox.receive(msg); // taken over: they are the new instance's
+        }
         break;
       case this.topics.snapshot:
         if (msg && this.snapshots.keep(msg.version, msg.blob)) {
@@ -451,11 +460,20 @@ export class Client {
       this.expired = true;
     }
     if (err.code === Codes.StaleNonce && p.nonce && p.nonce === this.nonce) {
-      // This instance is dead: stop pinging with it, and say so once.
-      this.nonce = '';
-      this.emit('stale', err);
+      this.takenOver(err);
     }
     p.reject(err);
+  }
+
+  /**
+   * takenOver ends this instance: another took over (or the session
+   * ended). It stops pinging, hands over no more notifications (they are
+   * the new instance's), and says so once, as 'stale'.
+   */
+  takenOver(err) {
+    this.nonce = '';
+    this.stale = true;
+    this.emit('stale', err);
   }
 
   gotTick(t) {
@@ -560,6 +578,7 @@ export class Client {
       // the inbox must know the new instance's acked seq before them.
       b = await this.request('begin', snap ? { restore: snap.blob } : {}, false, (ok) => {
         this.nonce = ok.nonce;
+        this.stale = false;
         this.inbox.begun(typeof ok.acked === 'number' ? ok.acked : 0);
       });
     } catch (err) {
@@ -682,6 +701,8 @@ export class Client {
     if (!this.nonce) {
       return;
     }
+    // What was handled is acknowledged first: the next instance would get it again.
+    await this.inbox.ackNow();
     await this.request('end', { nonce: this.nonce }, true);
     this.nonce = '';
   }

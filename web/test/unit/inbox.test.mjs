@@ -112,14 +112,16 @@ test('waits for an async handler before acking, one notification at a time', asy
   assert.deepEqual(acks.sent, [1]);
 });
 
-test('a failing handler holds acks; the next begin delivers the rest again', async () => {
+test('a failing handler holds delivery and acks; the next begin delivers the rest again, each once', async () => {
   const acks = fakeAcks();
   const handled = [];
   const errors = [];
+  let failing = true;
   const box = new Inbox({
     sendAck: acks.send,
     handle: (n) => {
-      if (n.seq === 2 && handled.length === 1) {
+      if (n.seq === 2 && failing) {
+        failing = false;
         throw new Error('cannot show it');
       }
       handled.push(n.seq);
@@ -132,19 +134,61 @@ test('a failing handler holds acks; the next begin delivers the rest again', asy
   box.receive({ seq: 2 });
   box.receive({ seq: 3 });
   await settle();
-  assert.deepEqual(handled, [1, 3]);
+  assert.equal(box.receive({ seq: 4 }), false, 'nothing more is taken until the next begin');
+  await settle();
+  assert.deepEqual(handled, [1], 'seq 3 is not handed over past the failed 2');
   assert.deepEqual(errors, ['cannot show it']);
   assert.deepEqual(acks.sent, [1], 'nothing after the failed seq is acked');
 
   box.beginning(); // a new begin: the broker sends everything after 1 again
   box.receive({ seq: 2 });
   box.receive({ seq: 3 });
+  box.receive({ seq: 4 });
   box.begun(1);
   await settle();
-  assert.deepEqual(handled, [1, 3, 2, 3]);
+  assert.deepEqual(handled, [1, 2, 3, 4], 'in order, each once');
   assert.deepEqual(acks.sent, [1, 2]);
   await acks.complete();
-  assert.deepEqual(acks.sent, [1, 2, 3]);
+  assert.deepEqual(acks.sent, [1, 2, 4]);
+});
+
+test('a begin on a broker whose acked seq is lower (a restored session) counts from it', async () => {
+  const acks = fakeAcks();
+  const { box, handled } = inbox(acks);
+  for (let seq = 1; seq <= 5; seq++) {
+    box.receive({ seq, prev: seq - 1 });
+  }
+  await settle();
+  await acks.complete();
+  await acks.complete();
+  assert.deepEqual(acks.sent, [1, 5]);
+  // Another broker restores the session; it held seqs 3 and 4 (acked 2).
+  box.beginning();
+  box.begun(2);
+  box.receive({ seq: 3, prev: 2 });
+  box.receive({ seq: 4, prev: 3 });
+  await settle();
+  assert.deepEqual(handled, [1, 2, 3, 4, 5, 3, 4], "the other broker's 3 and 4 are delivered, not taken for duplicates");
+  assert.deepEqual(acks.sent, [1, 5, 3], 'and acked in its numbering');
+});
+
+test('ackNow acknowledges what was handled and resolves once confirmed', async () => {
+  const acks = fakeAcks();
+  const { box } = inbox(acks);
+  box.receive({ seq: 1 });
+  await settle();
+  box.receive({ seq: 2 });
+  await settle();
+  assert.deepEqual(acks.sent, [1], 'ack 2 waits for ack 1 in flight');
+  let done = false;
+  const now = box.ackNow().then(() => (done = true));
+  await settle();
+  assert.deepEqual(acks.sent, [1, 2], 'ackNow does not wait for the one in flight');
+  await acks.complete(); // ack 1
+  assert.equal(done, false);
+  await acks.complete(); // ack 2
+  await now;
+  assert.equal(box.acked, 2);
 });
 
 test('a begin drops what was handled but not yet acked, and acks it', async () => {

@@ -1,0 +1,77 @@
+// Unit tests of the client without a broker: messages fed to onMessage,
+// requests answered by a fake that keeps the broker's acked seq and nonce.
+// Run by `node --test test/unit/` (TestJSUnit).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { Client, Codes, TetherError } from '../../src/tether.js';
+
+const settle = () => new Promise((r) => setTimeout(r, 5));
+
+function client() {
+  const c = new Client('ws://127.0.0.1:1/mqtt', 'alice', 'tok', 'lamp', { storage: null, manualPing: true });
+  const broker = { nonce: 'n1', acked: 0, sent: [] };
+  c.request = async (op, fields, _resend, onOK) => {
+    broker.sent.push(op + (fields.upto !== undefined ? ` ${fields.upto}` : ''));
+    await settle(); // answered in order, a little later
+    if (op === 'begin') {
+      const ok = { nonce: broker.nonce, next_seq: 1, acked: broker.acked };
+      onOK?.(ok);
+      return ok;
+    }
+    if (fields.nonce !== broker.nonce) {
+      throw new TetherError(Codes.StaleNonce, 'another instance took over');
+    }
+    if (op === 'ack') {
+      broker.acked = Math.max(broker.acked, fields.upto);
+    }
+    if (op === 'end') {
+      broker.nonce = '';
+    }
+    return {};
+  };
+  c.on('error', () => {});
+  return { c, broker };
+}
+
+const message = (c, leaf, body) => c.onMessage(`sessions/alice/lamp/${leaf}`, new TextEncoder().encode(JSON.stringify(body)));
+
+test('end acknowledges every handled notification before it ends', async () => {
+  const { c, broker } = client();
+  const handled = [];
+  c.onNotify((n) => handled.push(n.seq));
+  await c.begin();
+  message(c, 'notify', { seq: 1, prev: 0, data: 1 });
+  await new Promise((r) => setTimeout(r, 0)); // ack 1 in flight
+  message(c, 'notify', { seq: 2, prev: 1, data: 2 }); // handled; its ack waits for ack 1
+  await new Promise((r) => setTimeout(r, 0));
+  await c.end();
+  c.close();
+  assert.deepEqual(handled, [1, 2]);
+  assert.equal(broker.acked, 2, `sent: ${broker.sent.join(', ')}`);
+  assert.equal(broker.sent.at(-1), 'end', 'the acks went before the end');
+});
+
+test("the broker's takeover notice ends the instance: 'stale', and no more notifications", async () => {
+  const { c, broker } = client();
+  const handled = [];
+  const stale = [];
+  c.onNotify((n) => handled.push(n.seq));
+  c.on('stale', (err) => stale.push(err.code));
+  await c.begin();
+  message(c, 'res', { id: null, superseded: 'another nonce', error: { code: 'stale_nonce', message: 'x' } });
+  assert.deepEqual(stale, [], "a notice for another instance's nonce changes nothing");
+  message(c, 'res', { id: null, superseded: 'n1', error: { code: 'stale_nonce', message: 'taken over' } });
+  assert.deepEqual(stale, [Codes.StaleNonce]);
+  message(c, 'notify', { seq: 1, prev: 0, data: 'for the new instance' });
+  await settle();
+  assert.deepEqual(handled, [], "the new instance's notification is not handed over");
+  await assert.rejects(c.call('m'), (err) => err.code === Codes.NotBegun);
+
+  broker.nonce = 'n2'; // begin again: current once more
+  await c.begin();
+  message(c, 'notify', { seq: 1, prev: 0, data: 'mine again' });
+  await settle();
+  assert.deepEqual(handled, [1]);
+  c.close();
+});
