@@ -132,7 +132,13 @@ func Open(cfg Config) (_ *Broker, err error) {
 		return nil, err
 	}
 	if b.wsLn != nil {
-		origins := originPolicy{allowed: cfg.WSOrigins, samePort: []string{port(b.wsLn)}}
+		origins := originPolicy{samePort: []string{port(b.wsLn)}}
+		for _, o := range cfg.WSOrigins {
+			if o != "*" {
+				o, _ = canonicalOrigin(o) // Validate refused those it cannot read
+			}
+			origins.allowed = append(origins.allowed, o)
+		}
 		if b.httpLn != nil {
 			origins.samePort = append(origins.samePort, port(b.httpLn))
 		}

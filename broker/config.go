@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/url"
 	"path"
 	"strings"
 	"time"
@@ -163,8 +162,8 @@ func (c Config) Validate() error {
 		if o == "*" {
 			continue
 		}
-		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" {
-			return configErrorf("WSOrigins", "%q is not an origin like https://host[:port]", o)
+		if _, err := canonicalOrigin(o); err != nil {
+			return configErrorf("WSOrigins", "%q is not an origin like https://host[:port]: %v", o, err)
 		}
 	}
 	switch {

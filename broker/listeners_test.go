@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/broker"
 	"github.com/f47fa0da/tether/internal/brokertest"
 )
 
@@ -61,10 +62,24 @@ func TestWebSocketOrigin(t *testing.T) {
 	})
 	t.Run("allow list", func(t *testing.T) {
 		cfg := brokertest.Config(t)
-		cfg.WSOrigins = []string{"https://app.example.com"}
+		cfg.WSOrigins = []string{"https://app.example.com", "https://Admin.Example.com:443/", "http://[::1]:8080"}
 		b := brokertest.Start(t, cfg)
 		require.Equal(t, http.StatusSwitchingProtocols, dial(t, b.Addrs().WS, "https://app.example.com"))
+		require.Equal(t, http.StatusSwitchingProtocols, dial(t, b.Addrs().WS, "https://admin.example.com"),
+			"an entry matches as browsers send the origin: lower case, no default port")
+		require.Equal(t, http.StatusSwitchingProtocols, dial(t, b.Addrs().WS, "http://[::1]:8080"))
+		require.Equal(t, http.StatusForbidden, dial(t, b.Addrs().WS, "https://app.example.com:8443"))
+		require.Equal(t, http.StatusForbidden, dial(t, b.Addrs().WS, "http://app.example.com"))
 		require.Equal(t, http.StatusForbidden, dial(t, b.Addrs().WS, "http://"+b.Addrs().HTTP))
+	})
+	t.Run("entries that are not origins are refused", func(t *testing.T) {
+		for _, o := range []string{"app.example.com", "https://app.example.com/app", "https://user@app.example.com", "https://app.example.com?x=1", "https://"} {
+			cfg := brokertest.Config(t)
+			cfg.WSOrigins = []string{o}
+			var ce *broker.ConfigError
+			require.ErrorAs(t, cfg.Validate(), &ce, "origin %q", o)
+			require.Equal(t, "WSOrigins", ce.Field)
+		}
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,7 +34,7 @@ type wsListener struct {
 
 // originPolicy decides which browser Origins may open a WebSocket.
 type originPolicy struct {
-	allowed  []string // exact origins, or "*"
+	allowed  []string // origins in canonicalOrigin's form, or "*"
 	samePort []string // ports counted as same-origin on the request's host (HTTP and WS listeners)
 }
 
@@ -41,7 +42,10 @@ type originPolicy struct {
 // Requests without Origin come from non-browser clients and are allowed:
 // the Origin check protects browsers' users, token auth protects the broker.
 func (p originPolicy) allow(origin, host string) bool {
-	if origin == "" || slices.Contains(p.allowed, "*") || slices.Contains(p.allowed, origin) {
+	if origin == "" || slices.Contains(p.allowed, "*") {
+		return true
+	}
+	if o, err := canonicalOrigin(origin); err == nil && slices.Contains(p.allowed, o) {
 		return true
 	}
 	if len(p.allowed) > 0 {
@@ -60,6 +64,34 @@ func (p originPolicy) allow(origin, host string) bool {
 		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
 	}
 	return u.Hostname() == reqHost && slices.Contains(p.samePort, port)
+}
+
+// canonicalOrigin is origin as browsers send it, so that an allow-list
+// entry matches however it was typed: scheme and host in lower case, no
+// default port (80 for http, 443 for https). Anything but
+// scheme://host[:port] is refused.
+func canonicalOrigin(origin string) (string, error) {
+	u, err := url.Parse(origin)
+	switch {
+	case err != nil:
+		return "", err
+	case u.Scheme == "" || u.Host == "" || u.Opaque != "":
+		return "", errors.New("want scheme://host[:port]")
+	case u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(origin, "?"):
+		return "", errors.New("an origin has no user, path, query or fragment")
+	}
+	scheme, host := strings.ToLower(u.Scheme), strings.ToLower(u.Hostname())
+	port := u.Port()
+	if port == map[string]string{"http": "80", "https": "443"}[scheme] {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]" // IPv6
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	return scheme + "://" + host, nil
 }
 
 func newWSListener(id string, ln net.Listener, origins originPolicy, connectTimeout time.Duration, log *slog.Logger) *wsListener {

@@ -47,8 +47,12 @@ func ParseKeys(r io.Reader) ([]Key, error) {
 	return keys, nil
 }
 
-// NewKeyLine returns a fresh key as a "ID:HEX" line.
+// NewKeyLine returns a fresh key as a "ID:HEX" line; id must be one
+// ParseKeys reads back: 1-32 bytes, without ':', ',', '#' or spaces.
 func NewKeyLine(id string) (string, error) {
+	if id == "" || len(id) > maxKeyID || strings.ContainsAny(id, ":,# \t\r\n") {
+		return "", fmt.Errorf("snapshot: key id %q: want 1-%d bytes without ':', ',', '#' or spaces", id, maxKeyID)
+	}
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err

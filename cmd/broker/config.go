@@ -29,7 +29,8 @@ type serveConfig struct {
 	logLevel  string
 	logFormat string
 	file      string
-	demoCalls bool // register the demo page's call handlers (web.DemoHandlers)
+	demoCalls bool  // register the demo page's call handlers (web.DemoHandlers)
+	keysErr   error // why snapshot-keys could not be read (see snapshotKeysValue)
 }
 
 // serveFlags binds every setting to a flag. The flag name is the setting's
@@ -70,7 +71,7 @@ func serveFlags(c *serveConfig, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&b.DeliveryWindow, "delivery-window", b.DeliveryWindow, "notifications sent to a device and not yet acknowledged, at most")
 	fs.IntVar(&b.Sessions.Retention.MaxEvents, "journal-max-events", b.Sessions.Retention.MaxEvents, "journal events kept per session")
 	fs.DurationVar(&b.Sessions.Retention.MaxAge, "journal-max-age", b.Sessions.Retention.MaxAge, "journal events older than this are dropped (0 keeps them)")
-	fs.Var(snapshotKeysValue{&b.SnapshotKeys}, "snapshot-keys", `session snapshot keys: a file of "ID:HEX" lines, or the keys inline ("ID:HEX,…"); the first seals, all open; empty: snapshots off`)
+	fs.Var(snapshotKeysValue{&b.SnapshotKeys, &c.keysErr}, "snapshot-keys", `session snapshot keys: a file of "ID:HEX" lines, or the keys inline ("ID:HEX,…"); the first seals, all open; empty: snapshots off`)
 	fs.DurationVar(&b.SnapshotTTL, "snapshot-ttl", b.SnapshotTTL, "how long a sealed session snapshot can be restored from")
 	fs.BoolVar(&c.demoCalls, "demo-calls", c.demoCalls, "register the demo page's exactly-once calls demo.buy and demo.count")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevel, "debug, info, warn or error")
@@ -135,6 +136,9 @@ func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (strin
 		if c.broker.Sessions.Rules[i].Policy.Liveness == 0 {
 			c.broker.Sessions.Rules[i].Policy.Liveness = c.broker.Sessions.DefaultPolicy.Liveness
 		}
+	}
+	if c.keysErr != nil {
+		return nil, usagef("snapshot-keys: %v", c.keysErr)
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		return nil, err
@@ -501,7 +505,13 @@ func (v queueRulesValue) Set(s string) error {
 }
 
 // snapshotKeysValue reads snapshot keys inline ("ID:HEX,…") or from a file.
-type snapshotKeysValue struct{ p *[]snapshot.Key }
+// Its value is secret, so no error may quote it: Set never fails (the flag
+// package would print the value in its "invalid value" message) but keeps
+// its error in err, which loadServeConfig reports.
+type snapshotKeysValue struct {
+	p   *[]snapshot.Key
+	err *error
+}
 
 func (v snapshotKeysValue) String() string {
 	if v.p == nil || len(*v.p) == 0 {
@@ -511,23 +521,27 @@ func (v snapshotKeysValue) String() string {
 }
 
 func (v snapshotKeysValue) Set(s string) error {
-	*v.p = nil
+	*v.p, *v.err = nil, nil
 	if strings.TrimSpace(s) == "" {
 		return nil
 	}
-	if keys, err := snapshot.ParseKeys(strings.NewReader(s)); err == nil {
+	keys, inlineErr := snapshot.ParseKeys(strings.NewReader(s))
+	if inlineErr == nil {
 		*v.p = keys
 		return nil
 	}
 	f, err := os.Open(s)
 	if err != nil {
-		return fmt.Errorf("neither inline ID:HEX keys nor a readable key file: %v", err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path may be the inline keys: never print it
+		}
+		*v.err = fmt.Errorf("neither inline keys (%v) nor a key file that can be read (%v)", strings.TrimPrefix(inlineErr.Error(), "snapshot: "), err)
+		return nil
 	}
 	defer f.Close()
-	keys, err := snapshot.ParseKeys(f)
-	if err != nil {
-		return fmt.Errorf("key file %s: %v", s, err)
+	if *v.p, err = snapshot.ParseKeys(f); err != nil {
+		*v.err = fmt.Errorf("key file %s: %v", s, err)
 	}
-	*v.p = keys
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/f47fa0da/tether/snapshot"
-	"github.com/f47fa0da/tether/wire"
 )
 
 // usageError is a mistake in the command line; main exits 2 for it.
@@ -50,12 +49,12 @@ func run(ctx context.Context, stop func(), args []string, stdout, stderr io.Writ
 	case "serve":
 		return serve(ctx, stop, args[1:], stderr, os.LookupEnv)
 	case "snapshot-key":
-		if len(args) != 2 || !wire.ValidName(args[1]) {
+		if len(args) != 2 {
 			return usagef("snapshot-key: want one key id, e.g. broker snapshot-key k2026")
 		}
 		line, err := snapshot.NewKeyLine(args[1])
 		if err != nil {
-			return err
+			return usagef("snapshot-key: %v", err)
 		}
 		fmt.Fprintln(stdout, line)
 		return nil

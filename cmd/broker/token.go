@@ -31,6 +31,16 @@ func dataDirFlag(fs *flag.FlagSet) *string {
 	return fs.String("data-dir", def, "data directory of the broker")
 }
 
+// noArgs refuses words left after the flags: the flag package stops at the
+// first one, so "--name Alice Smith --role service" would drop everything
+// after "Alice" and issue a device token without a word of warning.
+func noArgs(fs *flag.FlagSet, cmd string) error {
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q (quote a value with spaces: --name \"Alice Smith\")", cmd, fs.Arg(0))
+	}
+	return nil
+}
+
 func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usagef("token: missing subcommand\n%s", tokenUsage)
@@ -56,6 +66,9 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		until := fs.String("valid-until", "", "expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z")
 		validFor := fs.Duration("valid-for", 0, "expiry as a duration from now, e.g. 720h (default 8760h)")
 		if err := parse(); err != nil {
+			return err
+		}
+		if err := noArgs(fs, "token add"); err != nil {
 			return err
 		}
 		if *user == "" {
@@ -93,6 +106,9 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		user := fs.String("user", "", "only this user's tokens")
 		asJSON := fs.Bool("json", false, "print JSON")
 		if err := parse(); err != nil {
+			return err
+		}
+		if err := noArgs(fs, "token list"); err != nil {
 			return err
 		}
 		var toks []auth.Token

@@ -232,3 +232,15 @@ func TestTokenWithRunningBroker(t *testing.T) {
 	_, err = brokertest.Connect(t, brokertest.ClientOptions(url, "alice", token))
 	require.Error(t, err, "a revoked token cannot connect")
 }
+
+// A word left after the flags is refused, not taken as the end of them:
+// an unquoted name would otherwise drop --valid-for and --role and issue a
+// device token valid for a year.
+func TestTokenCommandsRefuseStrayArguments(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, _, err := runCmd(t, "token", "add", "--data-dir", dir, "--user", "alice", "--name", "Alice", "Smith", "--valid-for", "1h", "--role", "service")
+	require.ErrorContains(t, err, `unexpected argument "Smith"`)
+	_, _, err = runCmd(t, "token", "list", "--data-dir", dir, "alice")
+	require.ErrorContains(t, err, `unexpected argument "alice"`)
+	require.NoDirExists(t, dir, "nothing was issued: the data directory was not even made")
+}
