@@ -167,9 +167,17 @@ func TestSnapshotRefusals(t *testing.T) {
 
 	t.Run("no keys", func(t *testing.T) {
 		plain := brokertest.Start(t, brokertest.Config(t))
-		dev := snapDevice(t, plain, brokertest.Token(t, plain, "alice", auth.RoleDevice), "src", blob, &blobKeeper{})
+		k := &blobKeeper{}
+		dev := snapDevice(t, plain, brokertest.Token(t, plain, "alice", auth.RoleDevice), "src", blob, k)
 		_, err := dev.Begin(ctx(t))
 		require.ErrorContains(t, err, "no snapshot keys")
+		// The refused blob is forgotten (and the application told to drop
+		// its copy), so the next begin goes without it.
+		require.Empty(t, dev.Snapshot())
+		require.Equal(t, 1, k.n)
+		require.Empty(t, k.blob)
+		_, err = dev.Begin(ctx(t))
+		require.NoError(t, err)
 	})
 	t.Run("expired", func(t *testing.T) {
 		cfg := snapshotConfig(t, key)
@@ -186,6 +194,8 @@ func TestSnapshotRefusals(t *testing.T) {
 		dev2 := snapDevice(t, short, tok, "src", old, &blobKeeper{})
 		_, err = dev2.Begin(ctx(t))
 		require.ErrorContains(t, err, "expired")
+		_, err = dev2.Begin(ctx(t))
+		require.NoError(t, err, "the expired blob is not presented again")
 	})
 }
 

@@ -52,7 +52,9 @@ type Config struct {
 	// (another node, a lost data directory) restores it.
 	Snapshot string
 	// OnSnapshot, if set, is called with every newer snapshot the broker
-	// sends; keep the blob somewhere that survives a crash.
+	// sends; keep the blob somewhere that survives a crash. It is called
+	// with "" when a Begin's broker refused the blob (expired, or sealed
+	// with a key it does not hold): drop the kept one, it cannot restore.
 	OnSnapshot func(blob string)
 	TLSConfig  *tls.Config
 	Logger     *slog.Logger
@@ -212,6 +214,7 @@ type Client struct {
 	inbox    chan inboxItem // arrival order = the broker's seq order
 	instance atomic.Uint64  // begins answered so far; notifications belong to one
 	stale    atomic.Uint64  // the instance found taken over (see takenOver); its notifications are dropped
+	lostTo   bool           // the last instance was taken over, and no Begin since (guarded by mu)
 	acked    atomic.Uint64  // the broker's acked seq at the latest begin
 	ackWant  atomic.Uint64  // highest seq the application handled
 	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
@@ -771,6 +774,22 @@ func (c *Client) Nonce() string {
 	return c.nonce
 }
 
+// forgetSnapshot drops blob, which the broker refused (expired, sealed with
+// a key it does not hold, or it has no keys): presented again it would
+// fail every later Begin. OnSnapshot("") tells the application to drop
+// its stored copy too.
+func (c *Client) forgetSnapshot(blob string) {
+	c.mu.Lock()
+	forgot := c.snap.blob == blob
+	if forgot {
+		c.snap.blob, c.snap.version = "", 0 // this broker's snapshots count on from its own version
+	}
+	c.mu.Unlock()
+	if forgot && c.cfg.OnSnapshot != nil {
+		c.cfg.OnSnapshot("")
+	}
+}
+
 // Snapshot is the latest sealed snapshot of the session this client holds
 // (empty if none): what Begin presents to restore the session elsewhere.
 func (c *Client) Snapshot() string {
@@ -802,11 +821,24 @@ func (c *Client) takenOver(nonce string) {
 		c.mu.Unlock()
 		return
 	}
-	c.nonce = ""
+	c.nonce, c.lostTo = "", true
 	c.stale.Store(c.instance.Load())
 	c.mu.Unlock()
 	c.log.Warn("another instance took the session over; begin again", "session", c.cfg.Session)
 	c.emit(EventTakenOver)
+}
+
+// noInstance is the error of a request without a current instance:
+// ErrStaleNonce once the last one was taken over (as the broker would
+// answer), so that the crash discipline sees the same error either way;
+// else ErrNotBegun.
+func (c *Client) noInstance() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lostTo {
+		return &Error{Code: wire.CodeStaleNonce, Message: "another instance took the session over; begin again"}
+	}
+	return ErrNotBegun
 }
 
 // Begin starts a new instance of the session and returns the memento and
@@ -823,7 +855,7 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 			return
 		}
 		c.mu.Lock()
-		c.nonce, c.nextSeq = nb.Nonce, nb.NextSeq
+		c.nonce, c.nextSeq, c.lostTo = nb.Nonce, nb.NextSeq, false
 		c.mu.Unlock()
 		c.acked.Store(nb.Acked)
 		c.ackWant.Store(nb.Acked)
@@ -831,7 +863,11 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 		c.window.Store(int64(nb.Window))
 		c.instance.Add(1)
 	}
-	if err := c.requestWith(ctx, wire.Request{Op: wire.OpBegin, Restore: c.Snapshot()}, false, &b, onOK); err != nil {
+	restore := c.Snapshot()
+	if err := c.requestWith(ctx, wire.Request{Op: wire.OpBegin, Restore: restore}, false, &b, onOK); err != nil {
+		if restore != "" && (errors.Is(err, &Error{Code: wire.CodeBadRequest}) || errors.Is(err, &Error{Code: wire.CodeTooLarge})) {
+			c.forgetSnapshot(restore)
+		}
 		return b, err
 	}
 	c.pace(b.TickIntervalMs, b.LivenessMs)
@@ -865,7 +901,7 @@ func (c *Client) Call(ctx context.Context, method string, args, memento any) (js
 	req.Nonce, req.Seq = c.nonce, c.nextSeq
 	c.mu.Unlock()
 	if req.Nonce == "" {
-		return nil, ErrNotBegun
+		return nil, c.noInstance()
 	}
 	var out json.RawMessage
 	err = c.request(ctx, req, true, &out)
@@ -889,7 +925,7 @@ func (c *Client) Ping(ctx context.Context) (Tick, error) {
 	c.cursor = nil
 	c.mu.Unlock()
 	if req.Nonce == "" {
-		return t, ErrNotBegun
+		return t, c.noInstance()
 	}
 	err := c.request(ctx, req, true, &t)
 	if err == nil {
@@ -912,7 +948,7 @@ func (c *Client) Remember(ctx context.Context, memento any, phase *string) error
 	}
 	nonce := c.Nonce()
 	if nonce == "" {
-		return ErrNotBegun
+		return c.noInstance()
 	}
 	return c.request(ctx, wire.Request{Op: wire.OpRemember, Nonce: nonce, Memento: m, Phase: phase}, true, nil)
 }

@@ -46,7 +46,7 @@ func TestTakenOverDeviceStops(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	_, err = a.Call(ctx(t), "nothing", nil, nil)
-	require.ErrorIs(t, err, client.ErrNotBegun)
+	require.ErrorIs(t, err, client.ErrStaleNonce, "as the broker would answer: the crash discipline sees one error")
 
 	// Begin again: it is the current instance once more, and the other is told.
 	_, err = a.Begin(ctx(t))
