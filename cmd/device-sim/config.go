@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -40,6 +43,9 @@ type Scenario struct {
 	Keep     bool   `yaml:"-" json:"-"`
 	Quiet    bool   `yaml:"-" json:"-"`
 }
+
+// maxNotifyRate bounds --notify-rate: more than one notifier can send.
+const maxNotifyRate = 100_000
 
 // presets are the named starting points.
 var presets = map[string]Scenario{
@@ -93,24 +99,37 @@ func parseScenario(args []string, stderr io.Writer) (Scenario, error) {
 	if fs.NArg() > 0 {
 		return Scenario{}, usagef("run: unexpected argument %q", fs.Arg(0))
 	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	var b []byte
+	if *file != "" {
+		var err error
+		if b, err = os.ReadFile(*file); err != nil {
+			return Scenario{}, fmt.Errorf("config: %w", err)
+		}
+		// The file may name its preset; --preset wins over it.
+		var named struct {
+			Preset string `yaml:"preset"`
+		}
+		if err := yaml.Unmarshal(b, &named); err != nil {
+			return Scenario{}, fmt.Errorf("config %s: %w", *file, err)
+		}
+		if named.Preset != "" && !set["preset"] {
+			*preset = named.Preset
+		}
+	}
 	s, ok := presets[*preset]
 	if !ok {
 		return Scenario{}, usagef("run: unknown preset %q (want smoke, soak, chaos or connect-storm)", *preset)
 	}
-	s.Preset = *preset
-	if *file != "" {
-		b, err := os.ReadFile(*file)
-		if err != nil {
-			return Scenario{}, fmt.Errorf("config: %w", err)
-		}
+	if b != nil {
 		dec := yaml.NewDecoder(strings.NewReader(string(b)))
 		dec.KnownFields(true)
 		if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
 			return Scenario{}, fmt.Errorf("config %s: %w", *file, err)
 		}
 	}
-	set := map[string]bool{}
-	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	s.Preset = *preset
 	if set["devices"] {
 		s.Devices = f.Devices
 	}
@@ -154,6 +173,15 @@ func parseScenario(args []string, stderr io.Writer) (Scenario, error) {
 
 // Validate reports the first setting that cannot work.
 func (s Scenario) Validate() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ramp", s.Ramp}, {"call-every", s.CallEvery}, {"ping-every", s.PingEvery}, {"crash-every", s.CrashEvery},
+		{"switch-every", s.SwitchEvery}, {"kill-every", s.KillEvery}} {
+		if d.v < 0 {
+			return usagef("run: %s must be ≥ 0 (0 turns it off), got %s", d.name, d.v)
+		}
+	}
 	switch {
 	case s.Devices < 1 || s.Devices > maxSessionsPerProcess/3:
 		return usagef("run: devices must be 1..%d (each uses up to 3 open files here: the machine allows 20,000 per process)", maxSessionsPerProcess/3)
@@ -165,10 +193,47 @@ func (s Scenario) Validate() error {
 		return usagef("run: crash-mode %q: want drop or close", s.CrashMode)
 	case s.CrashMode == "drop" && s.Devices > 4000:
 		return usagef("run: crash-mode drop proxies each device (4 open files each): at most 4000 devices; use --crash-mode close")
-	case s.NotifyRate < 0 || s.Drain <= 0:
-		return usagef("run: notify-rate must be ≥ 0 and drain positive")
+	case !(s.NotifyRate >= 0 && s.NotifyRate <= maxNotifyRate): // NaN fails both
+		return usagef("run: notify-rate must be 0..%d notifications per second, got %v", maxNotifyRate, s.NotifyRate)
+	case s.Drain <= 0:
+		return usagef("run: drain must be positive")
 	case s.BrokerFault != "" && s.BrokerCmd != "":
 		return usagef("run: --broker-fault applies to the built-in broker; put fault flags in --broker-cmd instead")
 	}
 	return nil
+}
+
+// MarshalJSON writes durations as text ("15s"), not nanoseconds, so that a
+// report's scenario can be given back as a --config file (JSON is YAML).
+func (s Scenario) MarshalJSON() ([]byte, error) {
+	v, t := reflect.ValueOf(s), reflect.TypeOf(s)
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i := range t.NumField() {
+		name, opts, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		f := v.Field(i)
+		if name == "-" || name == "" || (opts == "omitempty" && f.IsZero()) {
+			continue
+		}
+		var x any = f.Interface()
+		if d, ok := x.(time.Duration); ok {
+			x = d.String()
+		}
+		enc, err := json.Marshal(x)
+		if err != nil {
+			return nil, err
+		}
+		if b.Len() > 1 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%q:%s", name, enc)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote, as the YAML file is read.
+func (s *Scenario) UnmarshalJSON(b []byte) error {
+	type plain Scenario
+	return yaml.Unmarshal(b, (*plain)(s))
 }

@@ -21,6 +21,9 @@ func main() {
 	case errors.As(err, new(usageError)):
 		fmt.Fprintln(os.Stderr, "device-sim:", err)
 		os.Exit(2)
+	case errors.Is(err, errInterrupted):
+		fmt.Fprintln(os.Stderr, "device-sim:", err)
+		os.Exit(130)
 	default:
 		fmt.Fprintln(os.Stderr, "device-sim:", err)
 		os.Exit(1)

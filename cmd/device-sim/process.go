@@ -34,8 +34,11 @@ func startChild(name string, argv []string, env ...string) (*child, error) {
 	c := &child{name: name, cmd: exec.Command(argv[0], argv[1:]...), out: &tail{max: 64 << 10}, exited: make(chan struct{})}
 	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
 	c.cmd.Env = append(os.Environ(), env...)
-	// Its own process group: a signal to device-sim's terminal does not reach it first.
+	// Its own process group: a signal to device-sim's terminal does not
+	// reach it first, and kill9 and stop reach what it started (a broker
+	// run through a shell or `go run`).
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.cmd.WaitDelay = 2 * time.Second // a process outside the group holding its output does not hold up Wait
 	if err := c.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: start %s: %w", name, argv[0], err)
 	}
@@ -72,10 +75,19 @@ func (c *child) waitListening(ctx context.Context, addr string, timeout time.Dur
 	}
 }
 
-// kill9 sends SIGKILL and waits for the process to be gone.
+// kill9 sends SIGKILL to the child's process group and waits for the
+// child to be gone.
 func (c *child) kill9() {
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	c.signal(syscall.SIGKILL)
 	<-c.exited
+}
+
+// signal sends sig to the child's process group (the child and whatever
+// it started), or to the child alone if that fails.
+func (c *child) signal(sig syscall.Signal) {
+	if err := syscall.Kill(-c.Pid(), sig); err != nil {
+		_ = c.cmd.Process.Signal(sig)
+	}
 }
 
 // stop asks the child to shut down (SIGTERM) and kills it after timeout.
@@ -85,7 +97,7 @@ func (c *child) stop(timeout time.Duration) error {
 		return nil
 	default:
 	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	c.signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
 		return nil

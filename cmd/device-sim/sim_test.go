@@ -98,6 +98,10 @@ func TestBrokenBrokerIsCaught(t *testing.T) {
 func TestParseScenario(t *testing.T) {
 	yamlFile := filepath.Join(t.TempDir(), "s.yaml")
 	require.NoError(t, os.WriteFile(yamlFile, []byte("devices: 7\nnotify_rate: 5\nkill_every: 3s\n"), 0o644))
+	presetFile := filepath.Join(t.TempDir(), "p.yaml")
+	require.NoError(t, os.WriteFile(presetFile, []byte("preset: chaos\ndevices: 7\n"), 0o644))
+	badPresetFile := filepath.Join(t.TempDir(), "bad.yaml")
+	require.NoError(t, os.WriteFile(badPresetFile, []byte("preset: nope\n"), 0o644))
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -120,6 +124,20 @@ func TestParseScenario(t *testing.T) {
 		{name: "unknown preset", args: []string{"--preset", "nope"}, err: "unknown preset"},
 		{name: "bad transport", args: []string{"--transport", "udp"}, err: "transport"},
 		{name: "fault with broker-cmd", args: []string{"--broker-fault", "--fault-double-apply 1", "--broker-cmd", "x"}, err: "broker-fault"},
+		{name: "file names its preset", args: []string{"--config", presetFile}, want: func(t *testing.T, s Scenario) {
+			require.Equal(t, "chaos", s.Preset)
+			require.Equal(t, 7, s.Devices, "the file's values over its preset's")
+			require.Equal(t, 8*time.Second, s.KillEvery, "the preset's where the file is silent")
+		}},
+		{name: "--preset over the file's", args: []string{"--config", presetFile, "--preset", "smoke"}, want: func(t *testing.T, s Scenario) {
+			require.Equal(t, "smoke", s.Preset)
+			require.Zero(t, s.KillEvery)
+		}},
+		{name: "file names an unknown preset", args: []string{"--config", badPresetFile}, err: `unknown preset "nope"`},
+		{name: "negative kill-every", args: []string{"--kill-every", "-1s"}, err: "kill-every must be ≥ 0"},
+		{name: "negative ramp", args: []string{"--ramp", "-1s"}, err: "ramp must be ≥ 0"},
+		{name: "NaN notify rate", args: []string{"--notify-rate", "NaN"}, err: "notify-rate must be 0..100000"},
+		{name: "infinite notify rate", args: []string{"--notify-rate", "+Inf"}, err: "notify-rate must be 0..100000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := parseScenario(tc.args, io.Discard)
@@ -132,6 +150,38 @@ func TestParseScenario(t *testing.T) {
 			tc.want(t, s)
 		})
 	}
+}
+
+// A report's scenario (JSON) can be given back as --config: the same run.
+func TestReportScenarioIsAConfigFile(t *testing.T) {
+	sc, err := parseScenario([]string{"--preset", "chaos", "--devices", "12", "--ramp", "1500ms", "--seed", "42"}, io.Discard)
+	require.NoError(t, err)
+	b, err := json.Marshal(Report{Scenario: sc})
+	require.NoError(t, err)
+	var rep struct {
+		Scenario json.RawMessage `json:"scenario"`
+	}
+	require.NoError(t, json.Unmarshal(b, &rep))
+	require.Contains(t, string(rep.Scenario), `"ramp":"1.5s"`, "durations as text")
+	file := filepath.Join(t.TempDir(), "again.json")
+	require.NoError(t, os.WriteFile(file, rep.Scenario, 0o644))
+	again, err := parseScenario([]string{"--config", file}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, sc, again)
+	var back Report
+	require.NoError(t, json.Unmarshal(b, &back), "and a report reads back")
+	require.Equal(t, sc, back.Scenario)
+}
+
+// --transport ws needs to know where the broker's WebSocket listens.
+func TestWSNeedsTheBrokersWSAddress(t *testing.T) {
+	sc := presets["smoke"]
+	sc.Transport, sc.BrokerCmd = "ws", "tether --data-dir d --mqtt-addr 127.0.0.1:1883"
+	_, err := newBrokerControl(sc, t.TempDir())
+	require.ErrorContains(t, err, "WebSocket address")
+	sc.BrokerCmd += " --ws-addr {ws-addr}"
+	_, err = newBrokerControl(sc, t.TempDir())
+	require.NoError(t, err)
 }
 
 func TestUpdateDoc(t *testing.T) {
