@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/f47fa0da/tether/internal/faults"
 	"github.com/f47fa0da/tether/persistence"
 	"github.com/f47fa0da/tether/queues"
 	"github.com/f47fa0da/tether/sessions"
@@ -43,10 +44,13 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 	// order (runs of notifies to one session in one transaction), and
 	// acknowledged and delivered once durable, while the read goroutine
 	// goes on reading.
-	if err != nil {
+	switch {
+	case err != nil:
 		h.log.Info("notify refused", "topic", pk.TopicName, "client", cl.ID, "error", err)
 		h.acks.push(cl, pendingAck{pk: refOf(pk), err: err})
-	} else {
+	case faults.DropNotify(): // test only (device-sim): acknowledged, never queued
+		h.acks.push(cl, pendingAck{pk: refOf(pk)})
+	default:
 		h.acks.push(cl, pendingAck{pk: refOf(pk), notify: &notifyJob{user: user, target: target, m: m}})
 	}
 	return packets.ErrRejectPacket // no PUBACK from mochi: the ack queue sends it

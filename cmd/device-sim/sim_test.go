@@ -60,39 +60,52 @@ func TestSmokeWithChaos(t *testing.T) {
 	require.True(t, rep.Passed)
 }
 
-// TestBrokenBrokerIsCaught proves the checks can fail: a broker whose
-// handler applies one call's effect twice (started through --broker-cmd)
-// must be reported and make device-sim exit non-zero.
+// TestBrokenBrokerIsCaught proves the checks can fail: a broker that
+// breaks a guarantee (a test-only fault, through --broker-cmd) must be
+// reported and make device-sim exit non-zero, naming the right invariant.
 func TestBrokenBrokerIsCaught(t *testing.T) {
-	dir := t.TempDir()
-	report := filepath.Join(dir, "report.json")
-	html := filepath.Join(dir, "report.html")
-	cmd := os.Args[0] + " broker --data-dir {data-dir} --mqtt-addr {mqtt-addr} --fault-double-apply 5"
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var out strings.Builder
-	err := run(ctx, []string{"run", "--preset", "smoke", "--devices", "3", "--duration", "4s", "--crash-every", "0", "--switch-every", "0",
-		"--broker-cmd", cmd, "--data-dir", filepath.Join(dir, "data"), "--json", report, "--html", html, "--quiet"}, &out, io.Discard)
-	require.ErrorIs(t, err, errViolations)
-	require.Contains(t, out.String(), "RESULT: FAIL")
+	for _, tc := range []struct {
+		name, fault, invariant string
+	}{
+		{"a call's effect applied twice", "--fault-double-apply 5", "no call effect applied twice"},
+		{"an acknowledged notification lost", "--fault-drop-notify 20", "no acknowledged notification lost"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			report := filepath.Join(dir, "report.json")
+			html := filepath.Join(dir, "report.html")
+			cmd := os.Args[0] + " broker --data-dir {data-dir} --mqtt-addr {mqtt-addr} " + tc.fault
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			var out strings.Builder
+			err := run(ctx, []string{"run", "--preset", "smoke", "--devices", "3", "--duration", "4s", "--crash-every", "0", "--switch-every", "0",
+				"--drain", "4s", "--broker-cmd", cmd, "--data-dir", filepath.Join(dir, "data"), "--json", report, "--html", html, "--quiet"}, &out, io.Discard)
+			require.ErrorIs(t, err, errViolations)
+			require.Contains(t, out.String(), "RESULT: FAIL")
 
-	var rep Report
-	b, err := os.ReadFile(report)
-	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal(b, &rep))
-	require.False(t, rep.Passed)
-	byName := map[string]Invariant{}
-	for _, inv := range rep.Invariants {
-		byName[inv.Name] = inv
+			var rep Report
+			b, err := os.ReadFile(report)
+			require.NoError(t, err)
+			require.NoError(t, json.Unmarshal(b, &rep))
+			require.False(t, rep.Passed)
+			for _, inv := range rep.Invariants {
+				switch {
+				case inv.Name == tc.invariant:
+					require.False(t, inv.Pass, "%s", inv.Name)
+					require.Positive(t, inv.Violations, "%s", inv.Name)
+				case inv.Advisory: // a lost notification also leaves its device waiting
+				default:
+					require.True(t, inv.Pass, "only %q fails, not %q: %v", tc.invariant, inv.Name, inv.Examples)
+				}
+			}
+			require.Positive(t, rep.Totals.Calls)
+			require.Positive(t, rep.Totals.Notified)
+			page, err := os.ReadFile(html)
+			require.NoError(t, err)
+			require.Contains(t, string(page), "FAIL")
+			require.Contains(t, string(page), "<svg")
+		})
 	}
-	twice := byName["no call effect applied twice"]
-	require.False(t, twice.Pass)
-	require.GreaterOrEqual(t, twice.Violations, 1)
-	require.Positive(t, rep.Totals.Calls)
-	page, err := os.ReadFile(html)
-	require.NoError(t, err)
-	require.Contains(t, string(page), "FAIL")
-	require.Contains(t, string(page), "<svg")
 }
 
 func TestParseScenario(t *testing.T) {

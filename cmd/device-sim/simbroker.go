@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/f47fa0da/tether/broker"
+	"github.com/f47fa0da/tether/internal/faults"
 	"github.com/f47fa0da/tether/nonce"
 	"github.com/f47fa0da/tether/queues"
 )
@@ -94,9 +95,14 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	level := fs.String("log-level", "warn", "debug, info, warn or error")
 	var f simFaults
 	fs.Int64Var(&f.doubleApplyAt, "fault-double-apply", 0, "TEST ONLY: the Nth sim.add call applies its effect twice")
+	dropNotify := fs.Int64("fault-drop-notify", 0, "TEST ONLY: the Nth notify is acknowledged and never queued")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *dropNotify < 0 || f.doubleApplyAt < 0 {
+		return usagef("broker: fault counts start at 1 (0: off)")
+	}
+	faults.DropNotifyAt(*dropNotify)
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
 		return usagef("broker: --log-level %q", *level)
