@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,11 @@ func TestAcksCoalesce(t *testing.T) {
 	cfg.Token = brokertest.Token(t, b, "alice", auth.RoleDevice)
 	cfg.ManualPing = true
 	cfg.AckDelay = time.Second // the longest allowed, so that a held ack is plain to see
+	var (
+		mu        sync.Mutex
+		confirmed []uint64
+	)
+	cfg.OnAcked = func(upto uint64) { mu.Lock(); confirmed = append(confirmed, upto); mu.Unlock() }
 	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	d, err := client.Dial(dctx, cfg)
@@ -77,6 +83,9 @@ func TestAcksCoalesce(t *testing.T) {
 	handle(1)
 	require.NoError(t, d.End(ctx(t)))
 	require.Equal(t, 0, depth(), "End acknowledges what was handled first")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []uint64{3, 7, 8}, confirmed, "OnAcked: each ack the broker confirmed")
 }
 
 func TestAckDelayValidated(t *testing.T) {

@@ -56,8 +56,13 @@ type Config struct {
 	// with "" when a Begin's broker refused the blob (expired, or sealed
 	// with a key it does not hold): drop the kept one, it cannot restore.
 	OnSnapshot func(blob string)
-	TLSConfig  *tls.Config
-	Logger     *slog.Logger
+	// OnAcked, if set, is called once the broker confirmed an ack: every
+	// notification up to upto is out of the session's queue for good.
+	// (Begun.Acked says the same at a Begin.) It runs on the goroutine
+	// that sent the ack; keep it short.
+	OnAcked   func(upto uint64)
+	TLSConfig *tls.Config
+	Logger    *slog.Logger
 }
 
 // DefaultConfig returns a Config with the timings matching the broker's defaults.
@@ -663,6 +668,9 @@ func (c *Client) sendAck(ctx context.Context, nonce string, upto uint64, resend 
 		return err
 	}
 	raise(&c.ackSent, upto)
+	if c.cfg.OnAcked != nil {
+		c.cfg.OnAcked(upto)
+	}
 	return nil
 }
 

@@ -34,9 +34,12 @@ type slot struct {
 	staleRan    []string         // calls that succeeded under a replaced instance
 	notified    map[int64]bool   // notifications PUBACKed by the broker
 	received    map[int64]bool   // notifications some device of the session got
-	pending     int              // notified and not yet received
+	consumed    map[int64]bool   // received, and the broker confirmed an ack covering it: out of the queue for good
+	ackedUpto   uint64           // highest seq the broker confirmed as acked (an ack's reply, or a begin's acked)
+	pending     int              // notified and not yet consumed
 	seqID       map[uint64]int64 // notification seq -> notifier id, across devices and restarts
-	seqReused   []string         // one seq carrying two notifications
+	idSeq       map[int64]uint64 // the other way
+	seqReused   []string         // one seq carrying two notifications, or one notification under two seqs
 	disorder    []string         // a device saw a seq not above the one before
 	unexpected  []string         // errors a correct broker never returns
 	nUnexpected int
@@ -59,7 +62,7 @@ var errStale = errors.New("stale nonce")
 
 func newSlot(s *sim, i int) *slot {
 	return &slot{sim: s, i: i, user: simUser(i), session: "s", rng: rand.New(rand.NewPCG(uint64(s.sc.Seed), uint64(i))),
-		notified: map[int64]bool{}, received: map[int64]bool{}, seqID: map[uint64]int64{}}
+		notified: map[int64]bool{}, received: map[int64]bool{}, consumed: map[int64]bool{}, seqID: map[uint64]int64{}, idSeq: map[int64]uint64{}}
 }
 
 // after returns a random pause with the given mean (exponential), or a
@@ -145,6 +148,7 @@ func (s *slot) begin(ctx context.Context) (*incarnation, error) {
 	cfg := client.DefaultConfig()
 	cfg.URL, cfg.User, cfg.Token, cfg.Session = url, s.user, s.sim.tokens[s.user], s.session
 	cfg.RequestTimeout, cfg.KeepAlive = 5*time.Second, 5*time.Second
+	cfg.OnAcked = s.ackedUpTo
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	dev, err := client.Dial(dctx, cfg)
@@ -167,6 +171,7 @@ func (s *slot) begin(ctx context.Context) (*incarnation, error) {
 	s.sim.begins.Add(1)
 	s.ok()
 	s.checkBegin(b)
+	s.ackedUpTo(b.Acked)
 	ictx, icancel := context.WithCancel(context.Background())
 	inc := &incarnation{dev: dev, link: l, next: b.NextSeq, cancel: icancel, done: make(chan struct{})}
 	go s.readNotifications(ictx, inc)
@@ -312,8 +317,9 @@ func (s *slot) readNotifications(ctx context.Context, inc *incarnation) {
 
 // noteData is what the built-in notifier sends.
 type noteData struct {
-	N int64 `json:"n"` // notifier's id of the notification
-	T int64 `json:"t"` // unix nanos at publish
+	R string `json:"r"` // the run that sent it (a reused data directory may hold an earlier run's)
+	N int64  `json:"n"` // notifier's id of the notification
+	T int64  `json:"t"` // unix nanos at publish
 }
 
 func (s *slot) gotNotification(inc *incarnation, n client.Notification) {
@@ -322,6 +328,9 @@ func (s *slot) gotNotification(inc *incarnation, n client.Notification) {
 	if err := json.Unmarshal(n.Data, &d); err != nil {
 		s.unexpectedf("notification %d: data %s: %v", n.Seq, n.Data, err)
 		return
+	}
+	if d.R != s.sim.runID {
+		return // an earlier run's, left in a reused data directory: acked, not counted
 	}
 	inc.mu.Lock()
 	prev := inc.lastSeq
@@ -335,17 +344,48 @@ func (s *slot) gotNotification(inc *incarnation, n client.Notification) {
 	if id, ok := s.seqID[n.Seq]; ok && id != d.N {
 		s.seqReused = append(s.seqReused, fmt.Sprintf("seq %d carried notification %d and later %d", n.Seq, id, d.N))
 	}
-	s.seqID[n.Seq] = d.N
+	if seq, ok := s.idSeq[d.N]; ok && seq != n.Seq {
+		// A duplicate no device can drop by seq: the broker queued it twice.
+		s.seqReused = append(s.seqReused, fmt.Sprintf("notification %d came as seq %d and as seq %d", d.N, seq, n.Seq))
+	}
+	s.seqID[n.Seq], s.idSeq[d.N] = d.N, n.Seq
+	if n.Seq <= s.ackedUpto {
+		s.consume(d.N) // an ack covering it is confirmed already
+	}
 	if s.received[d.N] {
 		return
 	}
 	s.received[d.N] = true
-	if s.notified[d.N] {
+	s.sim.delivered.Add(1)
+	s.sim.lat.notify.Add(now.Sub(time.Unix(0, d.T)))
+}
+
+// ackedUpTo records that the broker confirmed the session acked up to
+// upto (an ack's reply, a begin's acked seq): every notification a device
+// got under those seqs is consumed. Only that counts as delivered: one a
+// device got and died before acking must come again to a later begin, and
+// a broker that dropped it instead is caught.
+func (s *slot) ackedUpTo(upto uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for seq := s.ackedUpto + 1; seq <= upto; seq++ {
+		if id, ok := s.seqID[seq]; ok {
+			s.consume(id)
+		}
+	}
+	s.ackedUpto = max(s.ackedUpto, upto)
+}
+
+// consume marks notification id consumed; s.mu is held.
+func (s *slot) consume(id int64) {
+	if s.consumed[id] {
+		return
+	}
+	s.consumed[id] = true
+	if s.notified[id] {
 		s.pending--
 		s.sim.pending.Add(-1)
 	}
-	s.sim.delivered.Add(1)
-	s.sim.lat.notify.Add(now.Sub(time.Unix(0, d.T)))
 }
 
 // gotPUBACK records that the broker acknowledged notification id.
@@ -356,7 +396,7 @@ func (s *slot) gotPUBACK(id int64) {
 		return
 	}
 	s.notified[id] = true
-	if !s.received[id] {
+	if !s.consumed[id] {
 		s.pending++
 		s.sim.pending.Add(1)
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/f47fa0da/tether/client"
 )
 
 // kill9 kills what the child started too: a broker run through a shell
@@ -76,4 +80,36 @@ func TestInterruptedRunHasNoVerdict(t *testing.T) {
 	rep, err := runScenario(ctx, sc, io.Discard)
 	require.ErrorIs(t, err, errInterrupted)
 	require.Nil(t, rep)
+}
+
+// A notification counts as delivered only once the broker confirmed an
+// ack covering it: one a device got and died before acking must come
+// again, or it is reported lost. One notifier id under two seqs (queued
+// twice: no device can drop that duplicate by seq) is a violation too,
+// and an earlier run's notification is not counted at all.
+func TestNotificationBookkeeping(t *testing.T) {
+	s := &sim{runID: "run1"}
+	sl := newSlot(s, 0)
+	inc := &incarnation{}
+	note := func(seq uint64, run string, id int64) client.Notification {
+		return client.Notification{Seq: seq, Data: json.RawMessage(fmt.Sprintf(`{"r":%q,"n":%d,"t":1}`, run, id))}
+	}
+	sl.gotPUBACK(1)
+	sl.gotPUBACK(2)
+	sl.gotNotification(inc, note(1, "run1", 1))
+	require.Equal(t, 2, sl.pendingNow(), "received is not delivered: its ack is not confirmed")
+	sl.ackedUpTo(0) // the next begin: the broker says nothing was acked...
+	require.Equal(t, 2, sl.pendingNow(), "...so notification 1 must come again")
+	sl.ackedUpTo(1)
+	require.Equal(t, 1, sl.pendingNow())
+
+	sl.gotNotification(&incarnation{}, note(2, "run1", 2))
+	sl.gotNotification(&incarnation{}, note(3, "run1", 2))
+	require.Len(t, sl.seqReused, 1, "notification 2 under seqs 2 and 3")
+	sl.ackedUpTo(3)
+	require.Zero(t, sl.pendingNow())
+
+	sl.gotNotification(&incarnation{}, note(4, "an earlier run", 7))
+	require.False(t, sl.received[7])
+	require.Equal(t, int64(2), s.delivered.Load(), "notifications 1 and 2, nothing of the earlier run")
 }

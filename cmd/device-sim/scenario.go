@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +49,7 @@ type sim struct {
 
 	closers sync.WaitGroup // devices being closed in the background
 	fatal   func(error)    // ends the run with this error (no verdict): the broker could not be restarted
+	runID   string         // in every notification the run sends
 	stalled []*slot        // sessions whose attached device stopped getting acknowledged notifications
 }
 
@@ -80,7 +83,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func runScenario(ctx context.Context, sc Scenario, stderr io.Writer) (*Report, error) {
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
-	s := &sim{sc: sc, fatal: stopRun}
+	s := &sim{sc: sc, fatal: stopRun, runID: strconv.FormatUint(rand.Uint64(), 36)}
 	dir := sc.DataDir
 	if dir == "" {
 		d, cleanup, err := tempDir("device-sim-run-", sc.Keep, stderr)
@@ -270,7 +273,7 @@ func (s *sim) notify(ctx context.Context) {
 			}
 			id++
 			sl := s.slots[rng.IntN(len(s.slots))]
-			payload := fmt.Appendf(nil, `{"data":{"n":%d,"t":%d}}`, id, time.Now().UnixNano())
+			payload := fmt.Appendf(nil, `{"data":{"r":%q,"n":%d,"t":%d}}`, s.runID, id, time.Now().UnixNano())
 			tok := cli.Publish("tether/notify/"+sl.user+"/"+sl.session, 1, false, payload)
 			wg.Add(1)
 			go func(id int64) {
