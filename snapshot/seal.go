@@ -208,8 +208,15 @@ func (s *Sealer) Open(text, user, session string) (Snapshot, error) {
 	if snap.User != user || snap.Session != session {
 		return Snapshot{}, ErrWrongOwner
 	}
-	if !s.now().Before(snap.Expires) {
-		return Snapshot{}, fmt.Errorf("%w at %s", ErrExpired, snap.Expires.Format(time.RFC3339))
+	// The sealing broker's expiry, or this broker's ttl from the issue if
+	// shorter: a broker configured to keep blobs for less time must not
+	// take one sealed elsewhere for longer.
+	expires := snap.Expires
+	if local := snap.Issued.Add(s.ttl); local.Before(expires) {
+		expires = local
+	}
+	if !s.now().Before(expires) {
+		return Snapshot{}, fmt.Errorf("%w at %s", ErrExpired, expires.Format(time.RFC3339))
 	}
 	snap.KeyID = id
 	return snap, nil

@@ -312,6 +312,26 @@ func TestOpenExpiry(t *testing.T) {
 	}
 }
 
+// A broker whose ttl is shorter than the sealing broker's refuses a blob
+// past its own ttl from the issue time.
+func TestOpenHoldsToItsOwnTTL(t *testing.T) {
+	long := newTestSealer(t, 24*time.Hour, keyNew)
+	t0 := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	long.now = func() time.Time { return t0 }
+	text := seal(t, long, "alice", "main", 1, fullState())
+	short := newTestSealer(t, time.Hour, keyNew)
+	short.now = func() time.Time { return t0.Add(59 * time.Minute) }
+	_, err := short.Open(text, "alice", "main")
+	require.NoError(t, err)
+	short.now = func() time.Time { return t0.Add(2 * time.Hour) }
+	snap, err := short.Open(text, "alice", "main")
+	requireRefused(t, snap, err, []error{ErrExpired})
+	require.ErrorContains(t, err, t0.Add(time.Hour).Format(time.RFC3339), "names the expiry that applies")
+	long.now = short.now
+	_, err = long.Open(text, "alice", "main")
+	require.NoError(t, err, "the sealing broker's own ttl still holds for it")
+}
+
 func TestOpenUnknownKey(t *testing.T) {
 	sealer := newTestSealer(t, time.Hour, keyNew)
 	text := seal(t, sealer, "alice", "main", 1, fullState())
