@@ -55,6 +55,9 @@ type Config struct {
 	// sends; keep the blob somewhere that survives a crash. It is called
 	// with "" when a Begin's broker refused the blob (expired, or sealed
 	// with a key it does not hold): drop the kept one, it cannot restore.
+	// It runs on the goroutine that reads the broker's messages: replies
+	// and notifications wait while it runs, so keep it short and make no
+	// request of the Client from it (its reply could not be read).
 	OnSnapshot func(blob string)
 	// OnAcked, if set, is called once the broker confirmed an ack: every
 	// notification up to upto is out of the session's queue for good.
@@ -985,6 +988,8 @@ func (c *Client) End(ctx context.Context) error {
 
 // Close disconnects cleanly (no will) and stops the watchdog. It does not
 // end the session: a later Begin, here or on another device, resumes it.
+// The Notifications, Ticks and Events channels are not closed: a reader
+// stops on its own context (HandleNotifications returns ErrClosed).
 func (c *Client) Close() {
 	c.closeOnce.Do(func() {
 		c.cancel()
