@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -52,9 +53,10 @@ type Config struct {
 	// (another node, a lost data directory) restores it.
 	Snapshot string
 	// OnSnapshot, if set, is called with every newer snapshot the broker
-	// sends; keep the blob somewhere that survives a crash. It is called
-	// with "" when a Begin's broker refused the blob (expired, or sealed
-	// with a key it does not hold): drop the kept one, it cannot restore.
+	// sends; keep the blob somewhere that survives a crash. A blob a
+	// Begin's broker refused (expired, sealed with a key it does not hold,
+	// or it has no keys) is not presented again by this Client; the kept
+	// copy stays (another broker may take it) until a newer one comes.
 	// It runs on the goroutine that reads the broker's messages: replies
 	// and notifications wait while it runs, so keep it short and make no
 	// request of the Client from it (its reply could not be read).
@@ -163,6 +165,8 @@ type Notification struct {
 	Seq  uint64
 	Data json.RawMessage
 	Time time.Time // when it was enqueued
+
+	instance uint64 // the instance it was delivered to
 }
 
 // Event is a change in the link to the broker as the device sees it.
@@ -223,6 +227,8 @@ type Client struct {
 	instance atomic.Uint64  // begins answered so far; notifications belong to one
 	stale    atomic.Uint64  // the instance found taken over (see takenOver); its notifications are dropped
 	lostTo   bool           // the last instance was taken over, and no Begin since (guarded by mu)
+	handed   uint64         // highest seq handed to the application in the current instance, from begin's acked (guarded by mu)
+	replaced []string       // nonces the broker said were replaced, newest last (guarded by mu; see takenOver)
 	acked    atomic.Uint64  // the broker's acked seq at the latest begin
 	ackWant  atomic.Uint64  // highest seq the application handled
 	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
@@ -541,10 +547,15 @@ func (c *Client) deliver() {
 			continue
 		}
 		last = n.Seq
+		c.mu.Lock()
+		if it.instance == c.instance.Load() {
+			c.handed = max(c.handed, n.Seq)
+		}
+		c.mu.Unlock()
 		select {
 		case <-c.ctx.Done():
 			return
-		case c.notes <- Notification{Seq: n.Seq, Data: n.Data, Time: time.UnixMilli(n.TS)}:
+		case c.notes <- Notification{Seq: n.Seq, Data: n.Data, Time: time.UnixMilli(n.TS), instance: it.instance}:
 		}
 	}
 }
@@ -556,9 +567,14 @@ func (c *Client) deliver() {
 func (c *Client) Notifications() <-chan Notification { return c.notes }
 
 // Ack acknowledges every notification up to seq upto (cumulative); the
-// broker removes them from the queue. It is sent in the background and
+// broker removes them from the queue. It covers only what the current
+// instance has handed over: a seq above that (an older instance's, after
+// a Begin on another broker) is cut down to it. It is sent in the background and
 // coalesced (see Config.AckDelay), so it never waits for the broker.
 func (c *Client) Ack(upto uint64) {
+	c.mu.Lock()
+	upto = min(upto, c.handed) // never past what this instance handed over: that would drop entries unseen
+	c.mu.Unlock()
 	raise(&c.ackWant, upto)
 	c.kickAcker()
 }
@@ -589,11 +605,13 @@ func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) 
 		}
 		if err := fn(n); err != nil {
 			c.mu.Lock()
-			c.held = &heldNotification{n: n, instance: c.instance.Load()}
+			c.held = &heldNotification{n: n, instance: n.instance}
 			c.mu.Unlock()
 			return err
 		}
-		c.Ack(n.Seq)
+		if n.instance == c.instance.Load() { // a Begin meanwhile: the new instance gets it again
+			c.Ack(n.Seq)
+		}
 	}
 }
 
@@ -643,8 +661,13 @@ func (c *Client) acker() {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RequestTimeout)
 			err := c.sendAck(ctx, nonce, want, resend)
 			cancel()
-			if errors.Is(err, ErrStaleNonce) {
-				break // taken over: the next instance's begin redelivers
+			var refused *Error
+			if errors.As(err, &refused) {
+				// The broker answered (stale_nonce: taken over; session_expired;
+				// a bad ack): sending it again cannot help. The next begin
+				// redelivers what was not acknowledged.
+				c.log.Warn("ack refused", "upto", want, "error", err)
+				break
 			}
 			if err != nil {
 				// The broker keeps its window full until this ack arrives,
@@ -787,17 +810,14 @@ func (c *Client) Nonce() string {
 
 // forgetSnapshot drops blob, which the broker refused (expired, sealed with
 // a key it does not hold, or it has no keys): presented again it would
-// fail every later Begin. OnSnapshot("") tells the application to drop
-// its stored copy too.
+// fail every later Begin. The application's copy is left alone: a broker
+// with the right key may still restore from it, and the next snapshot
+// replaces it.
 func (c *Client) forgetSnapshot(blob string) {
 	c.mu.Lock()
-	forgot := c.snap.blob == blob
-	if forgot {
+	defer c.mu.Unlock()
+	if c.snap.blob == blob {
 		c.snap.blob, c.snap.version = "", 0 // this broker's snapshots count on from its own version
-	}
-	c.mu.Unlock()
-	if forgot && c.cfg.OnSnapshot != nil {
-		c.cfg.OnSnapshot("")
 	}
 }
 
@@ -828,6 +848,13 @@ func (c *Client) SetCursor(v any) error {
 // application.
 func (c *Client) takenOver(nonce string) {
 	c.mu.Lock()
+	if nonce != "" && c.nonce != nonce {
+		// Maybe this client's own begin whose reply is still on its way
+		// (the notice overtook it): the reply's onOK looks here.
+		if c.replaced = append(c.replaced, nonce); len(c.replaced) > 8 {
+			c.replaced = c.replaced[1:]
+		}
+	}
 	if nonce == "" || c.nonce != nonce {
 		c.mu.Unlock()
 		return
@@ -866,13 +893,19 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 			return
 		}
 		c.mu.Lock()
-		c.nonce, c.nextSeq, c.lostTo = nb.Nonce, nb.NextSeq, false
+		c.nonce, c.nextSeq, c.lostTo, c.handed = nb.Nonce, nb.NextSeq, false, nb.Acked
+		replaced := slices.Contains(c.replaced, nb.Nonce)
 		c.mu.Unlock()
 		c.acked.Store(nb.Acked)
 		c.ackWant.Store(nb.Acked)
 		c.ackSent.Store(nb.Acked)
 		c.window.Store(int64(nb.Window))
 		c.instance.Add(1)
+		if replaced {
+			// Another device began between this begin and its reply: the
+			// broker's notice came first, and this instance is dead at birth.
+			c.takenOver(nb.Nonce)
+		}
 	}
 	restore := c.Snapshot()
 	if err := c.requestWith(ctx, wire.Request{Op: wire.OpBegin, Restore: restore}, false, &b, onOK); err != nil {
@@ -977,13 +1010,16 @@ func (c *Client) End(ctx context.Context) error {
 			return err
 		}
 	}
-	err := c.request(ctx, wire.Request{Op: wire.OpEnd, Nonce: nonce}, true, nil)
-	if err == nil {
+	// The instance is over as the reply is read, before any later message:
+	// a background ping that went out with this nonce and comes back
+	// stale_nonce must not pass for a takeover.
+	return c.requestWith(ctx, wire.Request{Op: wire.OpEnd, Nonce: nonce}, true, nil, func(json.RawMessage) {
 		c.mu.Lock()
-		c.nonce = ""
+		if c.nonce == nonce {
+			c.nonce = ""
+		}
 		c.mu.Unlock()
-	}
-	return err
+	})
 }
 
 // Close disconnects cleanly (no will) and stops the watchdog. It does not

@@ -3,7 +3,9 @@ package client_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,3 +205,75 @@ func TestDialWithUnansweredSubscribe(t *testing.T) {
 	_, err = client.Dial(dctx, cfg)
 	require.ErrorContains(t, err, "subscribe")
 }
+
+// A notification whose handler failed stays with the instance it came in:
+// after a Begin (here, while the handler ran) the new instance gets it
+// again from the broker, and the application sees it once.
+func TestHeldNotificationStaysWithItsInstance(t *testing.T) {
+	b := brokertest.Start(t, tickingConfig(t))
+	d := dial(t, "tcp://"+b.Addrs().MQTT, brokertest.Token(t, b, "alice", auth.RoleDevice), true)
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = b.Notify("alice", "lamp", "first")
+	require.NoError(t, err)
+	failed := errors.New("instance gone")
+	err = d.HandleNotifications(ctx(t), func(client.Notification) error {
+		_, err := d.Begin(ctx(t)) // the crash discipline, while the handler runs
+		require.NoError(t, err)
+		return failed
+	})
+	require.ErrorIs(t, err, failed)
+	hctx, cancel := context.WithTimeout(ctx(t), time.Second)
+	defer cancel()
+	var handled []uint64
+	_ = d.HandleNotifications(hctx, func(n client.Notification) error {
+		handled = append(handled, n.Seq)
+		return nil
+	})
+	require.Equal(t, []uint64{1}, handled, "each seq once")
+}
+
+// An ack the broker refuses (here session_expired: the session's window
+// ended) is not sent again and again: only failures of the link are.
+func TestRefusedAckIsNotRetried(t *testing.T) {
+	bcfg := tickingConfig(t)
+	bcfg.Sessions.DefaultPolicy.Window = 400 * time.Millisecond
+	b := brokertest.Start(t, bcfg)
+	var acks atomic.Int32
+	cfg := client.DefaultConfig()
+	cfg.URL, cfg.User, cfg.Session = "tcp://"+b.Addrs().MQTT, "alice", "lamp"
+	cfg.Token = brokertest.Token(t, b, "alice", auth.RoleDevice)
+	cfg.KeepAlive, cfg.TickInterval, cfg.ManualPing, cfg.AckDelay = time.Second, tick, true, 0
+	cfg.Logger = slog.New(countingHandler{msg: "ack refused", n: &acks})
+	d, err := client.Dial(ctx(t), cfg)
+	require.NoError(t, err)
+	t.Cleanup(d.Close)
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = b.Notify("alice", "lamp", "x")
+	require.NoError(t, err)
+	n := <-d.Notifications()
+	time.Sleep(800 * time.Millisecond) // past the window
+	d.Ack(n.Seq)
+	brokertest.WaitFor(t, 3*time.Second, "the refusal", func() bool { return acks.Load() >= 1 })
+	time.Sleep(1500 * time.Millisecond) // a retry would have gone by now (backoff from 100 ms)
+	require.Equal(t, int32(1), acks.Load(), "sent once")
+	_, err = b.Sessions().Get("alice", "lamp")
+	require.NoError(t, err)
+}
+
+// countingHandler counts log records with message msg.
+type countingHandler struct {
+	msg string
+	n   *atomic.Int32
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }

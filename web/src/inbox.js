@@ -39,6 +39,7 @@ export class Inbox {
     this.inFlight = 0; // upto of the ack in flight; 0 when none
     this.blocked = false; // a handler failed: deliver and ack nothing more until the next begin
     this.queue = [];
+    this.generation = 0; // bumped when the numbering changes (another broker's queue): what was taken before is not acked
     this.draining = false;
     this.again = false; // a flush was asked for while an ack was in flight
     this.resending = false; // an ack with resend is in flight
@@ -74,6 +75,7 @@ export class Inbox {
     try {
       while (this.queue.length > 0) {
         const n = this.queue.shift();
+        const generation = this.generation;
         try {
           await this.handle(n);
         } catch (err) {
@@ -86,8 +88,8 @@ export class Inbox {
           this.onError(err instanceof Error ? err : new Error(String(err)));
           break;
         }
-        if (this.autoAck) {
-          this.ack(n.seq);
+        if (this.autoAck && generation === this.generation) {
+          this.ack(n.seq); // not across a renumbering: that seq means another notification now
         }
       }
     } finally {
@@ -213,6 +215,8 @@ export class Inbox {
   begun(brokerAcked = 0) {
     if (brokerAcked < this.acked) {
       this.acked = this.handled = this.lastSeen = brokerAcked;
+      this.queue.length = 0; // the other numbering's: not delivered, never acked
+      this.generation++;
     }
     this.acked = Math.max(this.acked, brokerAcked);
     this.handled = Math.max(this.handled, brokerAcked);

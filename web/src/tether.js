@@ -189,6 +189,7 @@ export class Client {
     this.lost = false;
     this.expired = false; // the session's window is over: no ticks, no pings
     this.stale = false; // taken over: notifications are the new instance's until the next begin
+    this.replaced = []; // nonces the broker said were replaced, not ours when told (newest last)
     this.watchdogTimer = null;
     this.lastPing = 0;
 
@@ -413,10 +414,14 @@ export class Client {
     }
     switch (topic) {
       case this.topics.res:
-        if (msg && typeof msg.superseded === 'string') {
-          // The broker's notice that another begin replaced this instance.
-          if (msg.superseded !== '' && msg.superseded === this.nonce) {
+        if (msg && typeof msg.superseded === 'string' && msg.superseded !== '') {
+          // The broker's notice that another begin replaced this instance,
+          // or the one a begin of ours still waiting for its reply made
+          // (the notice overtook the reply): begin's onOK looks here.
+          if (msg.superseded === this.nonce) {
             this.takenOver(this.errorOf(msg.error ?? { code: Codes.StaleNonce }));
+          } else {
+            this.replaced = [...this.replaced.slice(-7), msg.superseded];
           }
         } else if (msg && typeof msg.id === 'string') {
           this.settle(msg.id, msg.ok ?? {}, msg.error ? this.errorOf(msg.error) : null);
@@ -580,6 +585,10 @@ export class Client {
         this.nonce = ok.nonce;
         this.stale = false;
         this.inbox.begun(typeof ok.acked === 'number' ? ok.acked : 0);
+        if (this.replaced.includes(ok.nonce)) {
+          // Another device began between this begin and its reply: dead at birth.
+          this.takenOver(new StaleNonceError('another instance began before this begin was answered; begin again'));
+        }
       });
     } catch (err) {
       if (snap && (err.code === Codes.BadRequest || err.code === Codes.TooLarge)) {

@@ -75,3 +75,17 @@ test("the broker's takeover notice ends the instance: 'stale', and no more notif
   assert.deepEqual(handled, [1]);
   c.close();
 });
+
+test('a notice that overtakes our own begin reply still ends that instance', async () => {
+  const { c, broker } = client();
+  const stale = [];
+  c.on('stale', (err) => stale.push(err.code));
+  // Another device began while our begin waited for its reply: the notice names our new nonce first.
+  broker.nonce = 'n9';
+  message(c, 'res', { id: null, superseded: 'n9', error: { code: 'stale_nonce', message: 'x' } });
+  assert.deepEqual(stale, [], 'not ours yet');
+  await c.begin();
+  assert.deepEqual(stale, [Codes.StaleNonce], 'dead at birth');
+  await assert.rejects(c.ping(), (err) => err.code === Codes.NotBegun);
+  c.close();
+});

@@ -337,3 +337,38 @@ test('a failed resend is reported and the next gap asks again', async () => {
   await settle();
   assert.deepEqual(acks.sent, ['resend after 0', 'resend after 0']);
 });
+
+test("a renumbering begin drops the old numbering's queue, and acks nothing of it", async () => {
+  const sent = [];
+  const handled = [];
+  let release;
+  const box = new Inbox({
+    sendAck: (upto) => {
+      sent.push(upto);
+      return Promise.resolve({});
+    },
+    handle: (n) => {
+      handled.push(n.seq);
+      return n.seq === 50 ? new Promise((r) => (release = r)) : undefined;
+    },
+  });
+  for (let seq = 1; seq <= 49; seq++) {
+    box.receive({ seq });
+  }
+  await settle();
+  box.receive({ seq: 50 }); // its handler is slow
+  box.receive({ seq: 51 }); // waiting behind it
+  await settle();
+  assert.equal(box.acked, 49);
+  const before = sent.length;
+  box.beginning();
+  box.begun(3); // another broker: acked up to 3, holds 4.. not yet delivered
+  release();
+  await settle();
+  await settle();
+  assert.deepEqual(sent.slice(before), [], 'no ack of the old numbering under the new one');
+  assert.deepEqual(handled.slice(-1), [50], 'seq 51 of the old numbering is not handed over');
+  box.receive({ seq: 4, prev: 3 });
+  await settle();
+  assert.deepEqual(sent.slice(before), [4], "the new broker's own are delivered and acked");
+});
