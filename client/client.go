@@ -236,8 +236,8 @@ type Client struct {
 	resent   atomic.Uint64  // gaps covered by a resend the broker confirmed
 	window   atomic.Int64   // the broker's delivery window, from begin (0: not told)
 	ackKick  chan struct{}
-	held     *heldNotification // one whose HandleNotifications handler failed; handed first next time (guarded by mu)
-	lastTick atomic.Int64      // unix nanos
+	held     *Notification // one whose HandleNotifications handler failed; handed first next time (guarded by mu)
+	lastTick atomic.Int64  // unix nanos
 	lost     atomic.Bool
 	interval atomic.Int64 // ping and watchdog period, nanos
 
@@ -605,7 +605,7 @@ func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) 
 		}
 		if err := fn(n); err != nil {
 			c.mu.Lock()
-			c.held = &heldNotification{n: n, instance: n.instance}
+			c.held = &n
 			c.mu.Unlock()
 			return err
 		}
@@ -613,12 +613,6 @@ func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) 
 			c.Ack(n.Seq)
 		}
 	}
-}
-
-// heldNotification is one whose handler failed, and the instance it came in.
-type heldNotification struct {
-	n        Notification
-	instance uint64
 }
 
 // takeHeld returns the notification whose handler failed last, if it is
@@ -631,7 +625,7 @@ func (c *Client) takeHeld() (Notification, bool) {
 	if h == nil || h.instance != c.instance.Load() || h.instance == c.stale.Load() {
 		return Notification{}, false
 	}
-	return h.n, true
+	return *h, true
 }
 
 // acker sends the highest wanted ack, one at a time, asking for a resend
