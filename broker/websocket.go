@@ -3,10 +3,12 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -75,7 +77,7 @@ func canonicalOrigin(origin string) (string, error) {
 	switch {
 	case err != nil:
 		return "", err
-	case u.Scheme == "" || u.Host == "" || u.Opaque != "":
+	case u.Scheme == "" || u.Hostname() == "" || u.Opaque != "":
 		return "", errors.New("want scheme://host[:port]")
 	case u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(origin, "?"):
 		return "", errors.New("an origin has no user, path, query or fragment")
@@ -86,6 +88,9 @@ func canonicalOrigin(origin string) (string, error) {
 		port = ""
 	}
 	if strings.Contains(host, ":") {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "", fmt.Errorf("host %q: %v", host, err)
+		}
 		host = "[" + host + "]" // IPv6
 	}
 	if port != "" {
