@@ -30,7 +30,7 @@ run:
 
 ## fuzz: a short run of every fuzz target (FUZZTIME each; go test fuzzes one target of one package at a time)
 FUZZTIME ?= 10s
-FUZZ_TARGETS := ./internal/jsonobj:FuzzMembers ./internal/jsonobj:FuzzAppendString ./sessions:FuzzSessionEncoding ./sessions:FuzzEventEncoding ./internal/mqttread:FuzzPacket ./auth:FuzzParseToken ./snapshot:FuzzOpen ./queues:FuzzDecodeMessage ./queues:FuzzDecodeRows ./wire:FuzzDecodeRequest ./wire:FuzzDecodeNotification ./wire:FuzzParseSessionTopic ./snapshot:FuzzParseKeys ./cmd/broker:FuzzPolicyRules ./cmd/broker:FuzzQueueRules ./broker:FuzzCanonicalOrigin
+FUZZ_TARGETS := ./internal/jsonobj:FuzzMembers ./internal/jsonobj:FuzzAppendString ./sessions:FuzzSessionEncoding ./sessions:FuzzEventEncoding ./internal/mqttread:FuzzPacket ./auth:FuzzParseToken ./snapshot:FuzzOpen ./queues:FuzzDecodeMessage ./queues:FuzzDecodeRows ./wire:FuzzDecodeRequest ./wire:FuzzDecodeNotification ./wire:FuzzParseSessionTopic ./snapshot:FuzzParseKeys ./cmd/broker:FuzzPolicyRules ./cmd/broker:FuzzQueueRules ./broker:FuzzCanonicalOrigin ./cmd/device-sim:FuzzScenarioFile
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
