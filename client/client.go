@@ -548,7 +548,7 @@ func (c *Client) deliver() {
 		}
 		last = n.Seq
 		c.mu.Lock()
-		if it.instance == c.instance.Load() {
+		if it.instance == c.instance.Load() { // offered from now on: Ack may cover it
 			c.handed = max(c.handed, n.Seq)
 		}
 		c.mu.Unlock()
@@ -567,14 +567,21 @@ func (c *Client) deliver() {
 func (c *Client) Notifications() <-chan Notification { return c.notes }
 
 // Ack acknowledges every notification up to seq upto (cumulative); the
-// broker removes them from the queue. It covers only what the current
-// instance has handed over: a seq above that (an older instance's, after
-// a Begin on another broker) is cut down to it. It is sent in the background and
+// broker removes them from the queue. A seq above what the current
+// instance has handed over (an older instance's, after a Begin on another
+// broker) is ignored. Acknowledge what you received since the last
+// Begin; HandleNotifications does it for you. It is sent in the background and
 // coalesced (see Config.AckDelay), so it never waits for the broker.
 func (c *Client) Ack(upto uint64) {
 	c.mu.Lock()
-	upto = min(upto, c.handed) // never past what this instance handed over: that would drop entries unseen
+	beyond := upto > c.handed
 	c.mu.Unlock()
+	if beyond {
+		// Not this instance's: a seq of an older one, numbered by another
+		// broker. Acking it here would remove entries nobody has seen.
+		c.log.Warn("ack beyond what this instance handed over; ignored", "upto", upto)
+		return
+	}
 	raise(&c.ackWant, upto)
 	c.kickAcker()
 }
@@ -601,6 +608,9 @@ func (c *Client) HandleNotifications(ctx context.Context, fn func(Notification) 
 			case <-c.ctx.Done():
 				return ErrClosed
 			case n = <-c.notes:
+			}
+			if n.instance != c.instance.Load() || n.instance == c.stale.Load() {
+				continue // offered before a Begin or a takeover: not this instance's
 			}
 		}
 		if err := fn(n); err != nil {
@@ -643,12 +653,14 @@ func (c *Client) acker() {
 			if !c.ackWait() {
 				return
 			}
+			// The nonce first: a Begin after it makes this ack stale (and
+			// harmless), never the old instance's want under the new nonce.
+			nonce := c.Nonce()
 			want, gaps := c.ackWant.Load(), c.gaps.Load()
 			resend := gaps > c.resent.Load()
 			if want <= c.ackSent.Load() && !resend {
 				break
 			}
-			nonce := c.Nonce()
 			if nonce == "" {
 				break // the next begin sends everything unacked anyway
 			}
@@ -656,10 +668,11 @@ func (c *Client) acker() {
 			err := c.sendAck(ctx, nonce, want, resend)
 			cancel()
 			var refused *Error
-			if errors.As(err, &refused) {
+			if errors.As(err, &refused) && refused.Code != wire.CodeInternal {
 				// The broker answered (stale_nonce: taken over; session_expired;
 				// a bad ack): sending it again cannot help. The next begin
-				// redelivers what was not acknowledged.
+				// redelivers what was not acknowledged. (internal, a store
+				// failure, is worth another try.)
 				c.log.Warn("ack refused", "upto", want, "error", err)
 				break
 			}
@@ -687,7 +700,11 @@ func (c *Client) sendAck(ctx context.Context, nonce string, upto uint64, resend 
 	if err := c.request(ctx, wire.Request{Op: wire.OpAck, Nonce: nonce, Upto: &upto, Resend: resend}, true, nil); err != nil {
 		return err
 	}
-	raise(&c.ackSent, upto)
+	c.mu.Lock()
+	if c.nonce == nonce { // not an older instance's, confirmed after a Begin reset the count
+		raise(&c.ackSent, upto)
+	}
+	c.mu.Unlock()
 	if c.cfg.OnAcked != nil {
 		c.cfg.OnAcked(upto)
 	}
@@ -875,7 +892,9 @@ func (c *Client) noInstance() error {
 
 // Begin starts a new instance of the session and returns the memento and
 // phase to resume from. A begin is not resent after a reconnect (that would
-// start a second instance): it fails with ErrConnectionLost instead.
+// start a second instance): it fails with ErrConnectionLost instead. If
+// another device began the session before this begin was answered, Begin
+// succeeds and EventTakenOver follows at once.
 func (c *Client) Begin(ctx context.Context) (Begun, error) {
 	var b Begun
 	// The instance takes over as the reply is read, before the queued
@@ -886,15 +905,15 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 		if json.Unmarshal(ok, &nb) != nil {
 			return
 		}
-		c.mu.Lock()
+		c.mu.Lock() // the instance's ack state changes as one (see sendAck, Ack, deliver)
 		c.nonce, c.nextSeq, c.lostTo, c.handed = nb.Nonce, nb.NextSeq, false, nb.Acked
 		replaced := slices.Contains(c.replaced, nb.Nonce)
-		c.mu.Unlock()
 		c.acked.Store(nb.Acked)
 		c.ackWant.Store(nb.Acked)
 		c.ackSent.Store(nb.Acked)
 		c.window.Store(int64(nb.Window))
 		c.instance.Add(1)
+		c.mu.Unlock()
 		if replaced {
 			// Another device began between this begin and its reply: the
 			// broker's notice came first, and this instance is dead at birth.

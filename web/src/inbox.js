@@ -40,6 +40,9 @@ export class Inbox {
     this.blocked = false; // a handler failed: deliver and ack nothing more until the next begin
     this.queue = [];
     this.generation = 0; // bumped when the numbering changes (another broker's queue): what was taken before is not acked
+    this.epoch = 0; // bumped at every begin: a handler failing from before it blocks nothing
+    this.retryMs = 0; // the pause before a failed ack is sent again (0: none failed)
+    this.retryTimer = null;
     this.draining = false;
     this.again = false; // a flush was asked for while an ack was in flight
     this.resending = false; // an ack with resend is in flight
@@ -75,17 +78,20 @@ export class Inbox {
     try {
       while (this.queue.length > 0) {
         const n = this.queue.shift();
-        const generation = this.generation;
+        const { generation, epoch } = this;
         try {
           await this.handle(n);
         } catch (err) {
+          this.onError(err instanceof Error ? err : new Error(String(err)));
+          if (epoch !== this.epoch) {
+            continue; // a begin came meanwhile: the new instance gets it again anyway
+          }
           // Not handled, so not acknowledged: the broker sends it again to
           // the next instance, and what follows it with it (acks are
           // cumulative). Nothing after it is handed over meanwhile, so the
           // application still sees each seq once, in order.
           this.blocked = true;
           this.queue.length = 0;
-          this.onError(err instanceof Error ? err : new Error(String(err)));
           break;
         }
         if (this.autoAck && generation === this.generation) {
@@ -115,8 +121,9 @@ export class Inbox {
     if (upto <= this.acked || !this.canAck()) {
       return;
     }
+    const generation = this.generation;
     await this.sendAck(upto);
-    if (upto > this.acked) {
+    if (generation === this.generation && upto > this.acked) {
       this.acked = upto;
       this.onAcked(upto);
     }
@@ -133,6 +140,7 @@ export class Inbox {
       return; // nothing to ack, or not yet: begun() flushes
     }
     const upto = this.handled;
+    const generation = this.generation;
     this.inFlight = upto;
     let sent;
     try {
@@ -140,10 +148,12 @@ export class Inbox {
     } catch (err) {
       sent = Promise.reject(err);
     }
+    let retry = false;
     sent
       .then(
         () => {
-          if (upto > this.acked) {
+          this.retryMs = 0;
+          if (generation === this.generation && upto > this.acked) {
             this.acked = upto;
             this.onAcked(upto);
           }
@@ -151,14 +161,24 @@ export class Inbox {
         (err) => {
           const e = err instanceof Error ? err : new Error(String(err));
           this.onError(Object.assign(e, { op: 'ack', upto }));
+          // The broker keeps its window full until this ack arrives: send it
+          // again while the link is at fault (or the broker's store), not
+          // when the broker refused it (stale, expired, bad).
+          retry = ['timeout', 'connection_lost', 'internal'].includes(e.code);
         },
       )
       .finally(() => {
         this.inFlight = 0;
         // A newer handled seq, or a flush asked for meanwhile (a begin), is
-        // worth another ack now; a failed one alone waits for the next flush.
+        // worth another ack now; a failed one alone is sent again later.
         if (this.handled > upto || this.again) {
           this.flush();
+        } else if (retry && this.retryTimer === null) {
+          this.retryMs = Math.min(Math.max(2 * this.retryMs, 100), 5000);
+          this.retryTimer = setTimeout(() => {
+            this.retryTimer = null;
+            this.flush();
+          }, this.retryMs);
         }
       });
   }
@@ -197,6 +217,7 @@ export class Inbox {
    * duplicate.
    */
   beginning() {
+    this.epoch++;
     if (this.blocked) {
       this.queue.length = 0;
       this.lastSeen = this.handled;

@@ -471,6 +471,17 @@ export class Client {
   }
 
   /**
+   * noInstance is the error of a request without a current instance: a
+   * StaleNonceError once the last one was taken over (as the broker would
+   * answer, so the crash discipline sees one error), else not_begun.
+   */
+  noInstance() {
+    return this.stale
+      ? new StaleNonceError('another instance took the session over; begin again')
+      : new TetherError(Codes.NotBegun, 'no current instance: begin first');
+  }
+
+  /**
    * takenOver ends this instance: another took over (or the session
    * ended). It stops pinging, hands over no more notifications (they are
    * the new instance's), and says so once, as 'stale'.
@@ -621,7 +632,7 @@ export class Client {
   call(method, args, memento, options = {}) {
     const run = async () => {
       if (!this.nonce) {
-        throw new TetherError(Codes.NotBegun, 'no current instance: begin first');
+        throw this.noInstance();
       }
       const nonce = this.nonce;
       const earlier = options.seq !== undefined;
@@ -665,7 +676,7 @@ export class Client {
   /** remember commits memento (and phase, when given) under the current instance. */
   async remember(memento, phase) {
     if (!this.nonce) {
-      throw new TetherError(Codes.NotBegun, 'no current instance: begin first');
+      throw this.noInstance();
     }
     const fields = { nonce: this.nonce, memento: memento === undefined ? null : memento };
     if (phase !== undefined && phase !== null) {
@@ -685,7 +696,7 @@ export class Client {
    */
   async ping(cursor) {
     if (!this.nonce) {
-      throw new TetherError(Codes.NotBegun, 'no current instance: begin first');
+      throw this.noInstance();
     }
     const fields = { nonce: this.nonce };
     const c = cursor !== undefined ? cursor : this.cursor;
@@ -700,7 +711,7 @@ export class Client {
 
   sendAck(upto, resend = false) {
     if (!this.nonce) {
-      return Promise.reject(new TetherError(Codes.NotBegun, 'no current instance: begin first'));
+      return Promise.reject(this.noInstance());
     }
     return this.request('ack', resend ? { nonce: this.nonce, upto, resend } : { nonce: this.nonce, upto }, true);
   }
@@ -712,8 +723,14 @@ export class Client {
     }
     // What was handled is acknowledged first: the next instance would get it again.
     await this.inbox.ackNow();
-    await this.request('end', { nonce: this.nonce }, true);
-    this.nonce = '';
+    const nonce = this.nonce;
+    // Over as the reply is read, before any later message: a background
+    // ping's stale_nonce after it must not pass for a takeover.
+    await this.request('end', { nonce }, true, () => {
+      if (this.nonce === nonce) {
+        this.nonce = '';
+      }
+    });
   }
 
   /**

@@ -401,7 +401,7 @@ try {
         try {
           await a.remember(1);
         } catch (err) {
-          log.afterStale = err.code; // the dead instance does not try again
+          log.afterStale = err.code; // the dead instance does not try again: the same error the broker would give
         }
         await other.end();
         const b3 = await other.begin();
@@ -421,7 +421,7 @@ try {
       badSeq: 'bad_request',
       staleIsDistinct: true,
       staleEvents: ['StaleNonceError'],
-      afterStale: 'not_begun',
+      afterStale: 'stale_nonce',
       afterEnd: { crashed: false, memento: null },
     });
     await api.close();

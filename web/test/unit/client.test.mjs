@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { Client, Codes, TetherError } from '../../src/tether.js';
+import { Client, Codes, StaleNonceError, TetherError } from '../../src/tether.js';
 
 const settle = () => new Promise((r) => setTimeout(r, 5));
 
@@ -66,7 +66,7 @@ test("the broker's takeover notice ends the instance: 'stale', and no more notif
   message(c, 'notify', { seq: 1, prev: 0, data: 'for the new instance' });
   await settle();
   assert.deepEqual(handled, [], "the new instance's notification is not handed over");
-  await assert.rejects(c.call('m'), (err) => err.code === Codes.NotBegun);
+  await assert.rejects(c.call('m'), (err) => err.code === Codes.StaleNonce, 'as the broker would answer');
 
   broker.nonce = 'n2'; // begin again: current once more
   await c.begin();
@@ -86,6 +86,28 @@ test('a notice that overtakes our own begin reply still ends that instance', asy
   assert.deepEqual(stale, [], 'not ours yet');
   await c.begin();
   assert.deepEqual(stale, [Codes.StaleNonce], 'dead at birth');
-  await assert.rejects(c.ping(), (err) => err.code === Codes.NotBegun);
+  await assert.rejects(c.ping(), (err) => err.code === Codes.StaleNonce);
+  c.close();
+});
+
+test("end's own reply ends the instance: a ping's stale_nonce read right after it is no takeover", async () => {
+  const { c } = client();
+  const stale = [];
+  c.on('stale', () => stale.push(1));
+  await c.begin();
+  const real = c.request;
+  c.request = (op, fields, resend, onOK) => {
+    if (op !== 'end') {
+      return real(op, fields, resend, onOK);
+    }
+    // The broker answers end and, in the same read, a ping sent before it
+    // with the same nonce: its stale_nonce is settled before end() resumes.
+    onOK?.({});
+    c.pending.set('ping', { nonce: fields.nonce, resolve() {}, reject() {}, timer: null });
+    c.settle('ping', null, new StaleNonceError('the session ended'));
+    return Promise.resolve({});
+  };
+  await c.end();
+  assert.deepEqual(stale, [], 'no stale event after our own end');
   c.close();
 });

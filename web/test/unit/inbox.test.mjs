@@ -372,3 +372,62 @@ test("a renumbering begin drops the old numbering's queue, and acks nothing of i
   await settle();
   assert.deepEqual(sent.slice(before), [4], "the new broker's own are delivered and acked");
 });
+
+test('a handler that fails after a begin it started before blocks nothing of the new instance', async () => {
+  const acks = fakeAcks();
+  const handled = [];
+  let fail;
+  const box = new Inbox({
+    sendAck: acks.send,
+    handle: (n) => {
+      if (n.seq === 1 && !fail) {
+        return new Promise((_, reject) => (fail = reject));
+      }
+      handled.push(n.seq);
+    },
+    onError: () => {},
+  });
+  box.receive({ seq: 1 });
+  await settle();
+  box.beginning(); // a begin while 1's handler runs: the broker sends 1 again
+  box.begun(0);
+  fail(new Error('the old instance is gone'));
+  await settle();
+  box.receive({ seq: 2 }); // the new instance's
+  await settle();
+  assert.deepEqual(handled, [2], 'delivery goes on');
+  assert.deepEqual(acks.sent, [2]);
+});
+
+test('a failed ack is sent again after a pause, unless the broker refused it', async () => {
+  const acks = fakeAcks();
+  const { box } = inbox(acks);
+  box.receive({ seq: 1 });
+  await settle();
+  assert.deepEqual(acks.sent, [1]);
+  await acks.complete(Object.assign(new Error('no reply'), { code: 'timeout' }));
+  assert.deepEqual(acks.sent, [1], 'not at once');
+  await new Promise((r) => setTimeout(r, 150)); // the first pause is 100 ms
+  assert.deepEqual(acks.sent, [1, 1], 'again');
+  await acks.complete(Object.assign(new Error('ended'), { code: 'session_expired' }));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(acks.sent, [1, 1], 'a refusal is final');
+});
+
+test("an ack confirmed after a renumbering begin does not count in the new numbering", async () => {
+  const acks = fakeAcks();
+  const { box } = inbox(acks);
+  for (let seq = 1; seq <= 50; seq++) {
+    box.receive({ seq });
+  }
+  await settle();
+  await acks.complete(); // ack 1
+  assert.deepEqual(acks.sent, [1, 50]);
+  box.beginning();
+  box.begun(0); // another broker: it acked nothing
+  await acks.complete(); // the old ack 50, confirmed only now
+  assert.equal(box.acked, 0, 'not 50: the new broker has acked nothing');
+  box.receive({ seq: 1 });
+  await settle();
+  assert.deepEqual(acks.sent.slice(2), [1], "the new numbering's own ack goes out");
+});
