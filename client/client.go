@@ -229,6 +229,7 @@ type Client struct {
 	lostTo   bool           // the last instance was taken over, and no Begin since (guarded by mu)
 	handed   uint64         // highest seq handed to the application in the current instance, from begin's acked (guarded by mu)
 	replaced []string       // nonces the broker said were replaced, newest last (guarded by mu; see takenOver)
+	moved    chan struct{}  // closed when the instance changes (a Begin, a takeover), then replaced (guarded by mu)
 	acked    atomic.Uint64  // the broker's acked seq at the latest begin
 	ackWant  atomic.Uint64  // highest seq the application handled
 	ackSent  atomic.Uint64  // highest seq the broker confirmed as acked
@@ -284,7 +285,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, pending: map[string]*pending{}, ticks: make(chan Tick, 16), events: make(chan Event, 16),
 		notes: make(chan Notification), inbox: make(chan inboxItem, 4096), ackKick: make(chan struct{}, 1),
-		log: cfg.Logger, subscribed: make(chan struct{}), ready: make(chan struct{})}
+		log: cfg.Logger, subscribed: make(chan struct{}), ready: make(chan struct{}), moved: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -548,14 +549,22 @@ func (c *Client) deliver() {
 		}
 		last = n.Seq
 		c.mu.Lock()
-		if it.instance == c.instance.Load() { // offered from now on: Ack may cover it
+		current := it.instance == c.instance.Load() && it.instance != c.stale.Load()
+		if current { // offered from now on: Ack may cover it
 			c.handed = max(c.handed, n.Seq)
 		}
+		moved := c.moved
 		c.mu.Unlock()
+		if !current {
+			continue
+		}
 		select {
 		case <-c.ctx.Done():
 			return
 		case c.notes <- Notification{Seq: n.Seq, Data: n.Data, Time: time.UnixMilli(n.TS), instance: it.instance}:
+		case <-moved:
+			// A Begin or a takeover while it was offered: it is no longer
+			// this instance's to hand over (the new one gets it again).
 		}
 	}
 }
@@ -872,9 +881,17 @@ func (c *Client) takenOver(nonce string) {
 	}
 	c.nonce, c.lostTo = "", true
 	c.stale.Store(c.instance.Load())
+	c.moveLocked()
 	c.mu.Unlock()
 	c.log.Warn("another instance took the session over; begin again", "session", c.cfg.Session)
 	c.emit(EventTakenOver)
+}
+
+// moveLocked tells deliver the instance changed: what it offers now is the
+// old one's. c.mu is held.
+func (c *Client) moveLocked() {
+	close(c.moved)
+	c.moved = make(chan struct{})
 }
 
 // noInstance is the error of a request without a current instance:
@@ -913,6 +930,7 @@ func (c *Client) Begin(ctx context.Context) (Begun, error) {
 		c.ackSent.Store(nb.Acked)
 		c.window.Store(int64(nb.Window))
 		c.instance.Add(1)
+		c.moveLocked()
 		c.mu.Unlock()
 		if replaced {
 			// Another device began between this begin and its reply: the

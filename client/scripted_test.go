@@ -220,3 +220,30 @@ func TestNotificationOfferedBeforeABeginIsDropped(t *testing.T) {
 	defer mu.Unlock()
 	require.Equal(t, []uint64{1, 1, 2}, seen, "1 of the first instance; then the new instance's 1 and 2, not the first's 2")
 }
+
+// The same through Notifications(): what deliver() was offering when a
+// Begin came is withdrawn, so a reader of the channel gets the new
+// instance's notifications from its first one, never the old instance's.
+func TestOfferWithdrawnAtABegin(t *testing.T) {
+	f := startScripted(t, func(r scriptedReq) (any, *wire.Error, []wire.Notification) {
+		if r.Op == wire.OpBegin {
+			return map[string]any{"nonce": fmt.Sprintf("n%d", len(r.raw)), "next_seq": 1, "acked": 0, "window": 100}, nil, notes(1, 2)
+		}
+		return map[string]any{"acked": 0}, nil, nil
+	})
+	d := scriptedDial(t, f, 0)
+	_, err := d.Begin(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), (<-d.Notifications()).Seq)
+	time.Sleep(200 * time.Millisecond) // deliver() now offers seq 2 of the first instance
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	for _, want := range []uint64{1, 2} {
+		select {
+		case n := <-d.Notifications():
+			require.Equal(t, want, n.Seq, "the new instance's, from its first")
+		case <-time.After(2 * time.Second):
+			t.Fatalf("no seq %d from the new instance", want)
+		}
+	}
+}
