@@ -23,6 +23,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/f47fa0da/tether/internal/pahoconn"
 	"github.com/f47fa0da/tether/wire"
@@ -109,6 +110,10 @@ var (
 	// ErrConnectionLost is returned for a request that cannot be safely
 	// resent after the connection dropped (begin); begin again.
 	ErrConnectionLost = errors.New("client: connection lost before the reply")
+	// ErrRefused: the broker refused the client's credentials on a
+	// reconnect (EventRefused); it no longer tries. Dial again with a
+	// valid token.
+	ErrRefused = errors.New("client: the broker refused the credentials (token revoked or expired): dial again with a valid token")
 )
 
 // Error is an error reply from the broker.
@@ -182,6 +187,11 @@ const (
 	// no more notifications are handed over, and requests fail with
 	// ErrStaleNonce until Begin. Crash and begin again, or stop.
 	EventTakenOver
+	// EventRefused: on a reconnect the broker refused this client's
+	// credentials (its token was revoked or expired): no attempt can
+	// succeed, so the client stopped trying, and requests fail with
+	// ErrRefused. Dial again with a valid token.
+	EventRefused
 )
 
 func (e Event) String() string {
@@ -192,6 +202,8 @@ func (e Event) String() string {
 		return "recovered"
 	case EventTakenOver:
 		return "taken over"
+	case EventRefused:
+		return "credentials refused"
 	}
 	return "event(" + strconv.Itoa(int(e)) + ")"
 }
@@ -242,6 +254,8 @@ type Client struct {
 	lost     atomic.Bool
 	interval atomic.Int64 // ping and watchdog period, nanos
 
+	refused    atomic.Bool   // the broker refused the credentials: no more reconnects (EventRefused)
+	refusedCh  chan struct{} // closed then
 	gen        atomic.Uint64 // connections made so far
 	subscribed chan struct{} // closed once the first subscription is in place
 	// ready is closed while the connection is up with its subscriptions in
@@ -285,7 +299,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, pending: map[string]*pending{}, ticks: make(chan Tick, 16), events: make(chan Event, 16),
 		notes: make(chan Notification), inbox: make(chan inboxItem, 4096), ackKick: make(chan struct{}, 1),
-		log: cfg.Logger, subscribed: make(chan struct{}), ready: make(chan struct{}), moved: make(chan struct{})}
+		log: cfg.Logger, subscribed: make(chan struct{}), ready: make(chan struct{}), moved: make(chan struct{}),
+		refusedCh: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -321,6 +336,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetDefaultPublishHandler(c.onMessage). // every topic: see onConnect
 		SetOnConnectHandler(c.onConnect).
 		SetConnectionLostHandler(func(paho.Client, error) { c.notReady() }).
+		SetConnectionNotificationHandler(c.onConnectionNotification).
 		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { c.notReady() })
 	if cfg.TLSConfig != nil {
 		opts.SetTLSConfig(cfg.TLSConfig)
@@ -352,6 +368,23 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	go c.deliver()
 	go c.acker()
 	return c, nil
+}
+
+// onConnectionNotification stops reconnecting once the broker refused the
+// credentials: a revoked or expired token never comes back, and a device
+// retrying every two seconds forever would be told nothing.
+func (c *Client) onConnectionNotification(_ paho.Client, n paho.ConnectionNotification) {
+	f, ok := n.(paho.ConnectionNotificationFailed)
+	if !ok || !(errors.Is(f.Reason, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(f.Reason, packets.ErrorRefusedNotAuthorised)) {
+		return
+	}
+	if c.gen.Load() == 0 || !c.refused.CompareAndSwap(false, true) {
+		return // the first connect: Dial returns the error itself
+	}
+	c.log.Error("the broker refused this client's credentials; not reconnecting", "error", f.Reason)
+	close(c.refusedCh)
+	c.emit(EventRefused)
+	go c.mqtt.Disconnect(0) // ends the reconnect loop
 }
 
 func (c *Client) setReady() {
@@ -817,7 +850,7 @@ func (c *Client) pace(tickMs, livenessMs int64) {
 // Ticks delivers the broker's ticks (and ping replies). Slow readers miss ticks, not the connection.
 func (c *Client) Ticks() <-chan Tick { return c.ticks }
 
-// Events delivers EventLost, EventRecovered and EventTakenOver.
+// Events delivers EventLost, EventRecovered, EventTakenOver and EventRefused.
 func (c *Client) Events() <-chan Event { return c.events }
 
 // Nonce is the current instance's nonce, empty before Begin, after End and
@@ -1076,6 +1109,9 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 	if c.ctx.Err() != nil {
 		return ErrClosed
 	}
+	if c.refused.Load() {
+		return ErrRefused
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
@@ -1099,6 +1135,8 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 			return fmt.Errorf("client: %s: not connected: %w", req.Op, context.Cause(ctx))
 		case <-c.ctx.Done():
 			return ErrClosed
+		case <-c.refusedCh:
+			return ErrRefused
 		}
 	}
 	p := &pending{payload: payload, gen: c.gen.Load(), resend: resend, done: make(chan reply, 1), onOK: onOK}

@@ -277,3 +277,31 @@ func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
 }
 func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// A device whose token is revoked is cut off by the broker, and refused on
+// reconnect: it stops trying, reports EventRefused, and its requests fail
+// with ErrRefused at once instead of waiting for a connection that cannot
+// come.
+func TestRevokedDeviceStopsReconnecting(t *testing.T) {
+	b := brokertest.Start(t, tickingConfig(t))
+	secret, tok, err := b.Tokens().Add(auth.NewToken{User: "alice", Role: auth.RoleDevice, ValidUntil: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	d := dial(t, "tcp://"+b.Addrs().MQTT, secret, true)
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = b.Tokens().Revoke(tok.ID)
+	require.NoError(t, err)
+	deadline := time.After(10 * time.Second)
+	for refused := false; !refused; {
+		select {
+		case e := <-d.Events():
+			refused = e == client.EventRefused
+		case <-deadline:
+			t.Fatal("no EventRefused")
+		}
+	}
+	start := time.Now()
+	_, err = d.Call(ctx(t), "any", nil, nil)
+	require.ErrorIs(t, err, client.ErrRefused)
+	require.Less(t, time.Since(start), time.Second, "at once, not after RequestTimeout")
+}
