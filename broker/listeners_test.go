@@ -220,6 +220,13 @@ func TestSilentConnectionsClosed(t *testing.T) {
 		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 		closed(t, func() error { _, _, err := ws.ReadMessage(); return err })
 	})
+	t.Run("websocket port, no request", func(t *testing.T) {
+		c, err := net.Dial("tcp", b.Addrs().WS)
+		require.NoError(t, err)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		closed(t, func() error { _, err := c.Read(make([]byte, 1)); return err })
+	})
 	t.Run("websocket refused, kept alive", func(t *testing.T) {
 		c, err := net.Dial("tcp", b.Addrs().WS)
 		require.NoError(t, err)

@@ -29,6 +29,9 @@ func (h *sessionHook) notify(cl *mqtt.Client, pk packets.Packet) error {
 	if err == nil && !wire.ValidName(user) {
 		err = fmt.Errorf("%w: %s", queues.ErrInvalid, wire.CheckName("user", user))
 	}
+	if err != nil { // refusals past this point are counted where they happen
+		h.delivery.metrics.rejected.WithLabelValues(string(queueErrorCode(err))).Inc()
+	}
 	if pk.FixedHeader.Qos == 2 { // exactly-once publish handshakes stay with mochi
 		if err == nil {
 			h.acks.settle(cl) // after the QoS 0 and 1 notifies before it: seq order is arrival order

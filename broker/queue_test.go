@@ -232,6 +232,22 @@ func TestNotifyRunCommitsTogether(t *testing.T) {
 	require.Len(t, list, 1, "the refused run created no session: %v", list)
 }
 
+// A notify whose payload is not a notification is refused, queues nothing,
+// and is counted as bad_request.
+func TestMalformedNotifyIsCounted(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Config(t))
+	app := notifier(t, "tcp://"+b.Addrs().MQTT, brokertest.Token(t, b, "app", auth.RoleService))
+	for _, payload := range []string{`{"data":1,"collapse":"k1"}`, `not json`} {
+		require.NoError(t, brokertest.Wait(app.Publish("tether/notify/alice/s", 1, false, payload))) // 3.1.1: acked all the same
+	}
+	brokertest.WaitFor(t, 3*time.Second, "both refusals counted", func() bool {
+		return metric(t, b.Addrs().HTTP, `tether_notifications_rejected_total{code="bad_request"}`) == 2
+	})
+	out, err := b.Outq("alice", "s", 0)
+	require.NoError(t, err)
+	require.Empty(t, out)
+}
+
 func TestQueuePoliciesEndToEnd(t *testing.T) {
 	cfg := brokertest.Config(t)
 	cfg.QueueRules = []broker.QueueRule{

@@ -113,10 +113,10 @@ func newWSListener(id string, ln net.Listener, origins originPolicy, connectTime
 			return ok
 		},
 	}
-	// A kept-alive connection that sends no next request (one refused an
-	// upgrade, say) gets the same time as a silent MQTT one; an upgraded
-	// one is the handler's.
-	l.srv = &http.Server{Handler: http.HandlerFunc(l.serveHTTP), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: connectTimeout}
+	// A connection that sends no request, or no next one once kept alive
+	// (one refused an upgrade, say), gets the same time as a silent MQTT
+	// one; an upgraded one is the handler's.
+	l.srv = &http.Server{Handler: http.HandlerFunc(l.serveHTTP), ReadHeaderTimeout: connectTimeout, IdleTimeout: connectTimeout}
 	return l
 }
 
