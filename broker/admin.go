@@ -287,7 +287,7 @@ func RunAdmin(ctx context.Context, dir, op string, args, out any) error {
 	// Only issuing a token may start a new data directory; anything else
 	// on a missing one is a typo, not an empty broker.
 	if _, err := os.Stat(dir); err != nil && op != "token.add" {
-		return fmt.Errorf("broker: data directory %s: %w", dir, err)
+		return fmt.Errorf("broker: data directory %s: %w (give the broker's with --data-dir)", dir, err)
 	}
 	store, err := openForAdmin(dir)
 	switch {

@@ -117,7 +117,7 @@ func loadServeConfig(args []string, out io.Writer, lookupEnv func(string) (strin
 			return
 		}
 		if serr := f.Value.Set(v); serr != nil {
-			err = fmt.Errorf("environment %s=%q: %v", envName(f.Name), v, serr)
+			err = fmt.Errorf("environment %s=%q: %v", envName(f.Name), v, explain(f, serr))
 		}
 	})
 	if err != nil {
@@ -269,7 +269,7 @@ func applyFile(fs *flag.FlagSet, path string, fromFlags map[string]bool) error {
 			continue
 		}
 		if err := f.Value.Set(yamlString(v)); err != nil {
-			return fmt.Errorf("config file %s: %s: %v", path, key, err)
+			return fmt.Errorf("config file %s: %s: %v", path, key, explain(f, err))
 		}
 	}
 	return nil
@@ -325,6 +325,23 @@ func (l listValue) Set(s string) error {
 		}
 	}
 	return nil
+}
+
+// explain says what form f wants when err is the flag package's bare
+// "parse error" (the command line's own message shows the usage instead).
+func explain(f *flag.Flag, err error) error {
+	if !strings.Contains(err.Error(), "parse error") {
+		return err
+	}
+	switch fmt.Sprintf("%T", f.Value) {
+	case "*flag.durationValue":
+		return errors.New("want a duration like 5s, 1m30s or 720h")
+	case "*flag.boolValue":
+		return errors.New("want true or false")
+	case "*flag.intValue", "*flag.int64Value", "main.int32Value", "main.uint32Value":
+		return errors.New("want a whole number")
+	}
+	return err
 }
 
 // int32Value and uint32Value are flags for the mochi capabilities' sized integers.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -19,10 +20,14 @@ func main() {
 	case err == nil:
 	case errors.Is(err, flag.ErrHelp):
 	case errors.As(err, new(usageError)):
-		fmt.Fprintln(os.Stderr, "broker:", err)
+		fmt.Fprintln(os.Stderr, "broker:", message(err))
 		os.Exit(2)
 	default:
-		fmt.Fprintln(os.Stderr, "broker:", err)
+		fmt.Fprintln(os.Stderr, "broker:", message(err))
 		os.Exit(1)
 	}
 }
+
+// message is err's text without the "broker: " the broker package's own
+// errors start with, which the command's prefix would double.
+func message(err error) string { return strings.TrimPrefix(err.Error(), "broker: ") }

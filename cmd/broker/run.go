@@ -49,8 +49,12 @@ func run(ctx context.Context, stop func(), args []string, stdout, stderr io.Writ
 	case "serve":
 		return serve(ctx, stop, args[1:], stderr, os.LookupEnv)
 	case "snapshot-key":
-		if len(args) != 2 {
-			return usagef("snapshot-key: want one key id, e.g. broker snapshot-key k2026")
+		if len(args) == 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "-help") {
+			fmt.Fprintln(stdout, "broker snapshot-key ID: print a new snapshot key line (ID:HEX, 64 hex digits) for --snapshot-keys;\nID is 1-32 bytes without ':', ',', '#', spaces or a leading '-'")
+			return nil
+		}
+		if len(args) != 2 || strings.HasPrefix(args[1], "-") {
+			return usagef("snapshot-key: want one key id (not a flag), e.g. broker snapshot-key k2026")
 		}
 		line, err := snapshot.NewKeyLine(args[1])
 		if err != nil {

@@ -90,3 +90,16 @@ func TestSnapshotKeyIDs(t *testing.T) {
 		require.Empty(t, out.String())
 	}
 }
+
+// snapshot-key -h explains itself, and an id that looks like a flag is
+// refused rather than printed as a key named "--help".
+func TestSnapshotKeyHelp(t *testing.T) {
+	var out, errb bytes.Buffer
+	require.NoError(t, run(context.Background(), func() {}, []string{"snapshot-key", "--help"}, &out, &errb))
+	require.Contains(t, out.String(), "print a new snapshot key line")
+	require.NotContains(t, out.String(), "--help:")
+	out.Reset()
+	err := run(context.Background(), func() {}, []string{"snapshot-key", "-k1"}, &out, &errb)
+	require.ErrorContains(t, err, "not a flag")
+	require.Empty(t, out.String())
+}

@@ -63,7 +63,7 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		name := fs.String("name", "", "holder's name")
 		email := fs.String("email", "", "holder's email")
 		role := fs.String("role", string(auth.RoleDevice), "device or service")
-		until := fs.String("valid-until", "", "expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z")
+		until := fs.String("valid-until", "", "expiry as RFC 3339 (2027-01-31T00:00:00Z) or a date (2027-01-31: its start, UTC)")
 		validFor := fs.Duration("valid-for", 0, "expiry as a duration from now, e.g. 720h (default 8760h)")
 		if err := parse(); err != nil {
 			return err
@@ -81,7 +81,9 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		case *until != "":
 			t, err := time.Parse(time.RFC3339, *until)
 			if err != nil {
-				return usagef("token add: --valid-until: %v", err)
+				if t, err = time.Parse(time.DateOnly, *until); err != nil {
+					return usagef("token add: --valid-until %q: want RFC 3339 like 2027-01-31T00:00:00Z, or a date like 2027-01-31", *until)
+				}
 			}
 			n.ValidUntil = t
 		case *validFor < 0:

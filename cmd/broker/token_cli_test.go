@@ -244,3 +244,15 @@ func TestTokenCommandsRefuseStrayArguments(t *testing.T) {
 	require.ErrorContains(t, err, `unexpected argument "alice"`)
 	require.NoDirExists(t, dir, "nothing was issued: the data directory was not even made")
 }
+
+// --valid-until takes a date too (its start, UTC), and says what it wants
+// when it gets neither.
+func TestTokenValidUntilDate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, "token", "add", "--data-dir", dir, "--user", "alice", "--valid-until", "2099-06-01")
+	toks := listJSON(t, dir)
+	require.Len(t, toks, 1)
+	require.Equal(t, time.Date(2099, 6, 1, 0, 0, 0, 0, time.UTC), toks[0].ValidUntil.UTC())
+	_, _, err := runCmd(t, "token", "add", "--data-dir", dir, "--user", "alice", "--valid-until", "June 1st")
+	require.ErrorContains(t, err, "want RFC 3339 like 2027-01-31T00:00:00Z, or a date like 2027-01-31")
+}

@@ -107,6 +107,15 @@ func parseScenario(args []string, stderr io.Writer) (Scenario, error) {
 		if b, err = os.ReadFile(*file); err != nil {
 			return Scenario{}, fmt.Errorf("config: %w", err)
 		}
+		// A whole --json report gives its scenario.
+		var report struct {
+			Scenario yaml.Node `yaml:"scenario"`
+		}
+		if yaml.Unmarshal(b, &report) == nil && report.Scenario.Kind == yaml.MappingNode {
+			if b, err = yaml.Marshal(&report.Scenario); err != nil {
+				return Scenario{}, fmt.Errorf("config %s: scenario: %w", *file, err)
+			}
+		}
 		// The file may name its preset; --preset wins over it.
 		var named struct {
 			Preset string `yaml:"preset"`

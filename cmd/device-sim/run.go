@@ -23,7 +23,8 @@ Usage:
                                    mosquitto vs bare mochi (one run, ratios)
   device-sim bench idle [flags]    broker RSS per idle connected session
   device-sim bench connect [flags] connect+begin rate (sessions/s)
-  device-sim bench all [flags]     all three, optionally into docs/benchmarks.md
+  device-sim bench calls [flags]   durable exactly-once calls/s and broker CPU per call
+  device-sim bench all [flags]     all of them, optionally into docs/benchmarks.md
   device-sim broker [flags]        a Tether broker with the simulator's call
                                    handlers (for --broker-cmd), plus fault flags
   device-sim help                  this text

@@ -184,6 +184,11 @@ func TestReportScenarioIsAConfigFile(t *testing.T) {
 	var back Report
 	require.NoError(t, json.Unmarshal(b, &back), "and a report reads back")
 	require.Equal(t, sc, back.Scenario)
+	whole := filepath.Join(t.TempDir(), "report.json")
+	require.NoError(t, os.WriteFile(whole, b, 0o644))
+	fromReport, err := parseScenario([]string{"--config", whole}, io.Discard)
+	require.NoError(t, err, "the whole report, not only its scenario")
+	require.Equal(t, sc, fromReport)
 }
 
 // --transport ws needs to know where the broker's WebSocket listens.
