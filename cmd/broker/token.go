@@ -16,7 +16,7 @@ import (
 )
 
 const tokenUsage = `Usage:
-  broker token add --user U [--name N] [--email E] [--valid-until RFC3339 | --valid-for DURATION] [--role device|service]
+  broker token add --user U [--name N] [--email E] [--valid-until RFC3339|DATE | --valid-for DURATION] [--role device|service]
   broker token list [--user U] [--json]
   broker token revoke ID
 Each takes --data-dir (default $TETHER_DATA_DIR or ./data).
