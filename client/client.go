@@ -110,10 +110,10 @@ var (
 	// ErrConnectionLost is returned for a request that cannot be safely
 	// resent after the connection dropped (begin); begin again.
 	ErrConnectionLost = errors.New("client: connection lost before the reply")
-	// ErrRefused: the broker refused the client's credentials on a
-	// reconnect (EventRefused); it no longer tries. Dial again with a
-	// valid token.
-	ErrRefused = errors.New("client: the broker refused the credentials (token revoked or expired): dial again with a valid token")
+	// ErrRefused: the broker refused the client's credentials on its last
+	// reconnect (EventRefused). Dial again with a valid token if it was
+	// revoked or expired.
+	ErrRefused = errors.New("client: the broker refused the credentials (token revoked or expired?)")
 )
 
 // Error is an error reply from the broker.
@@ -188,9 +188,11 @@ const (
 	// ErrStaleNonce until Begin. Crash and begin again, or stop.
 	EventTakenOver
 	// EventRefused: on a reconnect the broker refused this client's
-	// credentials (its token was revoked or expired): no attempt can
-	// succeed, so the client stopped trying, and requests fail with
-	// ErrRefused. Dial again with a valid token.
+	// credentials (its token was revoked or expired, or the broker could
+	// not check it). While that lasts requests fail at once with
+	// ErrRefused; the client keeps trying and carries on by itself once
+	// an attempt is accepted. A revoked token never is: Dial again with a
+	// valid one.
 	EventRefused
 )
 
@@ -254,8 +256,8 @@ type Client struct {
 	lost     atomic.Bool
 	interval atomic.Int64 // ping and watchdog period, nanos
 
-	refused    atomic.Bool   // the broker refused the credentials: no more reconnects (EventRefused)
-	refusedCh  chan struct{} // closed then
+	refused    atomic.Bool   // the broker refused the credentials at the last attempt (EventRefused)
+	refusedCh  chan struct{} // closed while refused, replaced once accepted again (guarded by mu)
 	gen        atomic.Uint64 // connections made so far
 	subscribed chan struct{} // closed once the first subscription is in place
 	// ready is closed while the connection is up with its subscriptions in
@@ -370,21 +372,34 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// onConnectionNotification stops reconnecting once the broker refused the
-// credentials: a revoked or expired token never comes back, and a device
-// retrying every two seconds forever would be told nothing.
+// onConnectionNotification reports a reconnect the broker refused for the
+// credentials (a revoked or expired token, or a broker that cannot check
+// it): requests fail at once meanwhile instead of waiting for a connection
+// that may never come, and the application is told (EventRefused). The
+// client keeps trying: a refusal may be the broker's passing fault.
 func (c *Client) onConnectionNotification(_ paho.Client, n paho.ConnectionNotification) {
 	f, ok := n.(paho.ConnectionNotificationFailed)
 	if !ok || !(errors.Is(f.Reason, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(f.Reason, packets.ErrorRefusedNotAuthorised)) {
 		return
 	}
 	if c.gen.Load() == 0 || !c.refused.CompareAndSwap(false, true) {
-		return // the first connect: Dial returns the error itself
+		return // the first connect (Dial returns the error), or told already
 	}
-	c.log.Error("the broker refused this client's credentials; not reconnecting", "error", f.Reason)
+	c.log.Error("the broker refused this client's credentials; still trying", "error", f.Reason)
+	c.mu.Lock()
 	close(c.refusedCh)
+	c.mu.Unlock()
 	c.emit(EventRefused)
-	go c.mqtt.Disconnect(0) // ends the reconnect loop
+}
+
+// accepted ends a refusal once a connection is accepted again.
+func (c *Client) accepted() {
+	if c.refused.CompareAndSwap(true, false) {
+		c.mu.Lock()
+		c.refusedCh = make(chan struct{})
+		c.mu.Unlock()
+		c.log.Info("the broker accepts this client's credentials again")
+	}
 }
 
 func (c *Client) setReady() {
@@ -427,6 +442,7 @@ func (c *Client) readyChan() chan struct{} {
 // onConnect runs after every (re)connect: a clean session has no
 // subscriptions, so subscribe again, then resend what is safe to resend.
 func (c *Client) onConnect(m paho.Client) {
+	c.accepted()
 	// No handler per topic: paho would match every message against each
 	// subscription's filter, part by part; the default handler, onMessage,
 	// tells the session's topics apart by name.
@@ -710,6 +726,9 @@ func (c *Client) acker() {
 			err := c.sendAck(ctx, nonce, want, resend)
 			cancel()
 			var refused *Error
+			if errors.Is(err, ErrClosed) || errors.Is(err, ErrRefused) {
+				break // the next begin, or the next connection's, sends it
+			}
 			if errors.As(err, &refused) && refused.Code != wire.CodeInternal {
 				// The broker answered (stale_nonce: taken over; session_expired;
 				// a bad ack): sending it again cannot help. The next begin
@@ -1112,6 +1131,9 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 	if c.refused.Load() {
 		return ErrRefused
 	}
+	c.mu.Lock()
+	refused := c.refusedCh
+	c.mu.Unlock()
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
@@ -1135,7 +1157,7 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 			return fmt.Errorf("client: %s: not connected: %w", req.Op, context.Cause(ctx))
 		case <-c.ctx.Done():
 			return ErrClosed
-		case <-c.refusedCh:
+		case <-refused:
 			return ErrRefused
 		}
 	}
@@ -1178,6 +1200,8 @@ func (c *Client) requestWith(ctx context.Context, req wire.Request, resend bool,
 		return fmt.Errorf("client: %s: %w", req.Op, context.Cause(ctx))
 	case <-c.ctx.Done():
 		return ErrClosed
+	case <-refused:
+		return ErrRefused
 	}
 }
 

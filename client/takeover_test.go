@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f47fa0da/tether/auth"
+	"github.com/f47fa0da/tether/broker"
 	"github.com/f47fa0da/tether/client"
 	"github.com/f47fa0da/tether/internal/brokertest"
 	"github.com/f47fa0da/tether/sessions"
@@ -279,10 +280,10 @@ func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countingHandler) WithGroup(string) slog.Handler      { return h }
 
 // A device whose token is revoked is cut off by the broker, and refused on
-// reconnect: it stops trying, reports EventRefused, and its requests fail
-// with ErrRefused at once instead of waiting for a connection that cannot
-// come.
-func TestRevokedDeviceStopsReconnecting(t *testing.T) {
+// reconnect: it reports EventRefused, and its requests fail with
+// ErrRefused at once, one already in flight included, instead of waiting
+// for a connection that cannot come.
+func TestRevokedDeviceIsRefused(t *testing.T) {
 	b := brokertest.Start(t, tickingConfig(t))
 	secret, tok, err := b.Tokens().Add(auth.NewToken{User: "alice", Role: auth.RoleDevice, ValidUntil: time.Now().Add(time.Hour)})
 	require.NoError(t, err)
@@ -290,6 +291,43 @@ func TestRevokedDeviceStopsReconnecting(t *testing.T) {
 	_, err = d.Begin(ctx(t))
 	require.NoError(t, err)
 	_, err = b.Tokens().Revoke(tok.ID)
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = d.Call(ctx(t), "any", nil, nil) // the packet the broker cuts the connection on
+	require.ErrorIs(t, err, client.ErrRefused)
+	require.Less(t, time.Since(start), 5*time.Second, "not after RequestTimeout (10 s)")
+	deadline := time.After(5 * time.Second)
+	for refused := false; !refused; {
+		select {
+		case e := <-d.Events():
+			refused = e == client.EventRefused
+		case <-deadline:
+			t.Fatal("no EventRefused")
+		}
+	}
+	start = time.Now()
+	_, err = d.Ping(ctx(t))
+	require.ErrorIs(t, err, client.ErrRefused)
+	require.Less(t, time.Since(start), time.Second, "at once")
+}
+
+// A refusal that passes (a broker restarted for a moment on the wrong data
+// directory, where the token is unknown) does not strand the device: once
+// the right broker is back it carries on by itself.
+func TestPassingRefusalIsRecovered(t *testing.T) {
+	cfg := tickingConfig(t)
+	b, err := broker.Open(cfg)
+	require.NoError(t, err)
+	token := brokertest.Token(t, b, "alice", auth.RoleDevice)
+	cfg.MQTTAddr = b.Addrs().MQTT
+	d := dial(t, "tcp://"+cfg.MQTTAddr, token, true)
+	_, err = d.Begin(ctx(t))
+	require.NoError(t, err)
+	require.NoError(t, b.Close())
+
+	wrong := cfg
+	wrong.DataDir = t.TempDir()
+	b2, err := broker.Open(wrong)
 	require.NoError(t, err)
 	deadline := time.After(10 * time.Second)
 	for refused := false; !refused; {
@@ -300,8 +338,10 @@ func TestRevokedDeviceStopsReconnecting(t *testing.T) {
 			t.Fatal("no EventRefused")
 		}
 	}
-	start := time.Now()
-	_, err = d.Call(ctx(t), "any", nil, nil)
-	require.ErrorIs(t, err, client.ErrRefused)
-	require.Less(t, time.Since(start), time.Second, "at once, not after RequestTimeout")
+	require.NoError(t, b2.Close())
+	brokertest.Start(t, cfg) // the right broker again, where the token is valid
+	brokertest.WaitFor(t, 10*time.Second, "the device to carry on", func() bool {
+		_, err := d.Ping(ctx(t))
+		return err == nil
+	})
 }
