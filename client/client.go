@@ -608,6 +608,11 @@ func (c *Client) deliver() {
 			continue
 		}
 		select {
+		case <-moved:
+			continue // moved on between the check and now: with a reader waiting, the select below could still pick the send
+		default:
+		}
+		select {
 		case <-c.ctx.Done():
 			return
 		case c.notes <- Notification{Seq: n.Seq, Data: n.Data, Time: time.UnixMilli(n.TS), instance: it.instance}:

@@ -81,8 +81,9 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		case *until != "":
 			t, err := time.Parse(time.RFC3339, *until)
 			if err != nil {
-				if t, err = time.Parse(time.DateOnly, *until); err != nil {
-					return usagef("token add: --valid-until %q: want RFC 3339 like 2027-01-31T00:00:00Z, or a date like 2027-01-31", *until)
+				var derr error
+				if t, derr = time.Parse(time.DateOnly, *until); derr != nil {
+					return usagef("token add: --valid-until %q: want RFC 3339 like 2027-01-31T00:00:00Z, or a date like 2027-01-31 (%v)", *until, err)
 				}
 			}
 			n.ValidUntil = t
