@@ -296,15 +296,7 @@ func TestRevokedDeviceIsRefused(t *testing.T) {
 	_, err = d.Call(ctx(t), "any", nil, nil) // the packet the broker cuts the connection on
 	require.ErrorIs(t, err, client.ErrRefused)
 	require.Less(t, time.Since(start), 5*time.Second, "not after RequestTimeout (10 s)")
-	deadline := time.After(5 * time.Second)
-	for refused := false; !refused; {
-		select {
-		case e := <-d.Events():
-			refused = e == client.EventRefused
-		case <-deadline:
-			t.Fatal("no EventRefused")
-		}
-	}
+	waitForEvent(t, d, client.EventRefused, 5*time.Second)
 	start = time.Now()
 	_, err = d.Ping(ctx(t))
 	require.ErrorIs(t, err, client.ErrRefused)
@@ -329,19 +321,27 @@ func TestPassingRefusalIsRecovered(t *testing.T) {
 	wrong.DataDir = t.TempDir()
 	b2, err := broker.Open(wrong)
 	require.NoError(t, err)
-	deadline := time.After(10 * time.Second)
-	for refused := false; !refused; {
-		select {
-		case e := <-d.Events():
-			refused = e == client.EventRefused
-		case <-deadline:
-			t.Fatal("no EventRefused")
-		}
-	}
+	waitForEvent(t, d, client.EventRefused, 10*time.Second)
 	require.NoError(t, b2.Close())
 	brokertest.Start(t, cfg) // the right broker again, where the token is valid
 	brokertest.WaitFor(t, 10*time.Second, "the device to carry on", func() bool {
 		_, err := d.Ping(ctx(t))
 		return err == nil
 	})
+}
+
+// waitForEvent reads c's events until want comes, failing after timeout.
+func waitForEvent(t *testing.T, c *client.Client, want client.Event, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case e := <-c.Events():
+			if e == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no %s within %s", want, timeout)
+		}
+	}
 }
