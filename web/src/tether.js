@@ -130,7 +130,9 @@ export async function connect(url, user, token, session, options = {}) {
  *   'acked' (upto)       the broker confirmed notifications up to upto
  *   'snapshot' ({version, blob}) a newer sealed snapshot of the session, kept (and stored)
  *   'error' (err)        something the application may want to show (a failed ack, a refused
- *                        reconnect, a storage that failed to keep a snapshot: op 'snapshot')
+ *                        reconnect — told once; the client keeps trying at its slowest pace and
+ *                        carries on if accepted again —, a storage that failed to keep a
+ *                        snapshot: op 'snapshot')
  */
 export class Client {
   constructor(url, user, token, session, options = {}) {
@@ -307,7 +309,7 @@ export class Client {
       return;
     }
     // CONNACK 4 (bad username or password) and 5 (not authorized): the
-    // token is wrong, expired or revoked. Retrying cannot help.
+    // token is wrong, expired or revoked, or the broker could not check it.
     if (err && (err.code === 4 || err.code === 5 || err.code === 134 || err.code === 135)) {
       this.refused = new TetherError(Codes.Unauthorized, 'the broker refused the user or token (bad, expired or revoked)');
     }
@@ -331,6 +333,8 @@ export class Client {
         return;
       }
       this.connected = true;
+      this.refused = null; // accepted again: a refusal was the broker's passing fault
+      this.refusedTold = false;
       this.retryMs = this.opts.reconnectMinMs;
       const gen = ++this.gen;
       this.emit('link', 'up');
@@ -384,9 +388,15 @@ export class Client {
     if (this.closed) {
       return;
     }
-    if (this.refused) {
+    if (this.refused && !this.refusedTold) {
+      // Said once; the client keeps trying (slowly), as a refusal may be
+      // the broker's passing fault (restarted on the wrong data, say): a
+      // revoked token never passes, so the page should offer a new one.
+      this.refusedTold = true;
       this.emit('error', this.refused);
-      return;
+    }
+    if (this.refused) {
+      this.retryMs = this.opts.reconnectMaxMs;
     }
     m.end(true);
     clearTimeout(this.reconnectTimer);

@@ -111,3 +111,24 @@ test("end's own reply ends the instance: a ping's stale_nonce read right after i
   assert.deepEqual(stale, [], 'no stale event after our own end');
   c.close();
 });
+
+test('a refused reconnect is told once, and the client keeps trying, slowly, until accepted again', async () => {
+  const c = new Client('ws://127.0.0.1:1/mqtt', 'alice', 'tok', 'lamp', { storage: null, manualPing: true, reconnectMaxMs: 30000 });
+  const errors = [];
+  c.on('error', (err) => errors.push(err.code));
+  c.firstConnect = null; // connected once before
+  const refusedConn = () => {
+    const m = { end() {}, tetherClosed: false };
+    c.mqtt = m;
+    c.onMqttError(m, { code: 5 }); // CONNACK: not authorized
+    c.onClose(m);
+  };
+  refusedConn();
+  assert.deepEqual(errors, [Codes.Unauthorized]);
+  assert.notEqual(c.reconnectTimer, null, 'another attempt is scheduled');
+  assert.equal(c.retryMs, 30000, 'at the slowest pace');
+  refusedConn();
+  assert.deepEqual(errors, [Codes.Unauthorized], 'told once');
+  clearTimeout(c.reconnectTimer);
+  c.close();
+});
