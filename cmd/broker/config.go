@@ -333,12 +333,16 @@ func explain(f *flag.Flag, err error) error {
 	if !strings.Contains(err.Error(), "parse error") {
 		return err
 	}
-	switch fmt.Sprintf("%T", f.Value) {
-	case "*flag.durationValue":
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return err
+	}
+	switch g.Get().(type) {
+	case time.Duration:
 		return errors.New("want a duration like 5s, 1m30s or 720h")
-	case "*flag.boolValue":
+	case bool:
 		return errors.New("want true or false")
-	case "*flag.intValue", "*flag.int64Value", "main.int32Value", "main.uint32Value":
+	case int, int64:
 		return errors.New("want a whole number")
 	}
 	return err
